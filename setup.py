@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="solo-ema",
+    version="0.1.0",
+    description="Partial (projector-only, per-block) momentum encoders for self-supervised learning",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["solo_ema", "solo_ema.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "lightning>=2.2,<3",
+        "torchmetrics>=1.0",
+        "omegaconf>=2.3",
+        "einops>=0.6",
+        "tqdm>=4.60",
+        "pillow>=9.0",
+        "numpy>=1.23",
+    ],
+    extras_require={
+        "dali": ["nvidia-dali-cuda130"],
+        "wandb": ["wandb>=0.15"],
+        "plot": ["matplotlib>=3.6"],
+        "dev": ["pytest>=7.0", "ruff>=0.4", "matplotlib>=3.6", "wandb>=0.15"],
+    },
+    entry_points={
+        "console_scripts": [
+            "solo-ema-pretrain=solo_ema.pretrain:main",
+            "solo-ema-demo=solo_ema.demo:main",
+        ]
+    },
+)
