@@ -1,0 +1,23 @@
+"""Partial EMA: the parts of an encoder, EMA specs, momentum copies and the target forward (pure torch)."""
+
+from .momentum import PartialEMA
+from .parts import BACKBONE_PARTS, PARTS, EMASpec, EMASpecError, parse_ema_spec, valid_names
+from .schedule import check_taus, cosine_tau
+from .stages import Stage, get_module, part_paths, resnet_stages, spec_paths
+
+__all__ = [
+    "BACKBONE_PARTS",
+    "PARTS",
+    "EMASpec",
+    "EMASpecError",
+    "PartialEMA",
+    "Stage",
+    "check_taus",
+    "cosine_tau",
+    "get_module",
+    "parse_ema_spec",
+    "part_paths",
+    "resnet_stages",
+    "spec_paths",
+    "valid_names",
+]

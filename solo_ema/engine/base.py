@@ -1,0 +1,374 @@
+"""Lightning bases with solo-learn's contract: BaseMethod and BaseMomentumMethod."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..ema import PartialEMA, Stage, check_taus, parse_ema_spec, resnet_stages, spec_paths
+from .backbones import BACKBONES, build_backbone
+from .config import cfg_default, cfg_get, cfg_require
+from .knn import KNNBank, knn_accuracy
+from .lars import LARS
+from .schedule import SCHEDULERS, build_scheduler
+
+SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+OPTIMIZERS = ("sgd", "lars")
+
+
+def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
+    """Top-k accuracies in percent, ignoring targets < 0."""
+    keep = targets >= 0
+    logits, targets = logits[keep], targets[keep]
+    if targets.numel() == 0:
+        return [logits.new_zeros(()) for _ in ks]
+    top = logits.topk(min(max(ks), logits.size(1)), dim=1).indices
+    hit = top.eq(targets[:, None])
+    return [hit[:, : min(k, top.size(1))].any(dim=1).float().mean() * 100 for k in ks]
+
+
+class BaseMethod(pl.LightningModule):
+    """Backbone + online linear classifier on detached features; subclasses add heads and an SSL loss."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        cfg = self.add_and_assert_specific_cfg(cfg)
+        self.cfg = cfg
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        small = cfg.data.dataset in SMALL_IMAGE_DATASETS
+        self.backbone, self.features_dim = build_backbone(
+            cfg.backbone.name, small_stem=small, **OmegaConf.to_container(cfg.backbone.kwargs)
+        )
+        self.num_classes = int(cfg.data.num_classes)
+        self.classifier = nn.Linear(self.features_dim, self.num_classes)
+        self.num_large_crops = int(cfg.data.num_large_crops)
+        self.num_small_crops = int(cfg.data.num_small_crops)
+        self.num_crops = self.num_large_crops + self.num_small_crops
+        self.channels_last = not cfg.performance.disable_channel_last
+        self.knn_bank = KNNBank(max_size=cfg.knn_eval.max_train) if cfg.knn_eval.enabled else None
+        self.knn_val = KNNBank() if cfg.knn_eval.enabled else None
+        self.validation_step_outputs: list[dict[str, Any]] = []
+        self.build_heads()
+
+    # configuration -----------------------------------------------------------------------------
+    @staticmethod
+    def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
+        """Fill the defaults of the base keys and check the required ones."""
+        OmegaConf.set_struct(cfg, False)
+        cfg_require(cfg, "method")
+        if cfg_default(cfg, "backbone.name", "resnet18") not in BACKBONES:
+            raise ValueError(f"backbone.name must be one of {', '.join(BACKBONES)}")
+        cfg_default(cfg, "backbone.kwargs", {})
+        cfg_require(cfg, "data.dataset")
+        cfg_default(cfg, "data.num_classes", 10)
+        cfg_default(cfg, "data.num_large_crops", 2)
+        cfg_default(cfg, "data.num_small_crops", 0)
+        cfg_default(cfg, "max_epochs", 1)
+        cfg_default(cfg, "accumulate_grad_batches", 1)
+        if cfg_default(cfg, "optimizer.name", "lars") not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
+        cfg_require(cfg, "optimizer.batch_size")
+        cfg_require(cfg, "optimizer.lr")
+        cfg_default(cfg, "optimizer.classifier_lr", 0.1)
+        cfg_default(cfg, "optimizer.weight_decay", 1e-5)
+        cfg_default(cfg, "optimizer.kwargs", {})
+        if cfg_default(cfg, "scheduler.name", "warmup_cosine") not in SCHEDULERS:
+            raise ValueError(f"scheduler.name must be one of {', '.join(SCHEDULERS)}")
+        cfg_default(cfg, "scheduler.warmup_epochs", 10)
+        cfg_default(cfg, "scheduler.warmup_start_lr", 3e-5)
+        cfg_default(cfg, "scheduler.min_lr", 0.0)
+        cfg_default(cfg, "knn_eval.enabled", False)
+        cfg_default(cfg, "knn_eval.k", 20)
+        cfg_default(cfg, "knn_eval.temperature", 0.07)
+        cfg_default(cfg, "knn_eval.distance_func", "cosine")
+        cfg_default(cfg, "knn_eval.max_train", 50000)
+        cfg_default(cfg, "performance.disable_channel_last", False)
+        cfg_default(cfg, "method_kwargs", {})
+        return cfg
+
+    def build_heads(self) -> None:
+        """Create the method's heads (projector, predictor, ...); the base method has none."""
+
+    def feature_stages(self) -> list[str]:
+        """Module paths run on the backbone output before the projector (e.g. a BatchNorm)."""
+        return []
+
+    def encoder_stages(self) -> list[Stage]:
+        """The encoder (backbone, then projector) as ordered stages for partial EMA."""
+        return resnet_stages("backbone", "projector", between=self.feature_stages())
+
+    @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        """Parameter groups: backbone and classifier; subclasses append their heads."""
+        return [
+            {"name": "backbone", "params": self.backbone.parameters()},
+            {
+                "name": "classifier",
+                "params": self.classifier.parameters(),
+                "lr": self.cfg.optimizer.classifier_lr,
+                "weight_decay": 0.0,
+            },
+        ]
+
+    def configure_optimizers(self):
+        """LARS or SGD over learnable_params, with a per-step warmup-cosine schedule."""
+        opt_cfg = self.cfg.optimizer
+        groups = [{**g, "params": list(g["params"])} for g in self.learnable_params]
+        kwargs = OmegaConf.to_container(opt_cfg.kwargs)
+        if opt_cfg.name == "lars":
+            optimizer = LARS(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, **kwargs)
+        else:
+            kwargs.setdefault("momentum", 0.9)
+            optimizer = torch.optim.SGD(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, **kwargs)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = cfg_get(self.cfg, "scheduler.warmup_steps")
+        if warmup is None:
+            per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs or 1)))
+            if self.trainer.max_epochs in (None, -1):
+                per_epoch = total
+            warmup = int(self.cfg.scheduler.warmup_epochs * per_epoch)
+        scheduler = build_scheduler(
+            optimizer,
+            self.cfg.scheduler.name,
+            warmup_steps=min(int(warmup), total),
+            total_steps=total,
+            warmup_start_lr=self.cfg.scheduler.warmup_start_lr,
+            min_lr=self.cfg.scheduler.min_lr,
+        )
+        if scheduler is None:
+            return optimizer
+        return [optimizer], [{"scheduler": scheduler, "interval": "step", "frequency": 1}]
+
+    # forward -----------------------------------------------------------------------------------
+    def to_input(self, X: torch.Tensor) -> torch.Tensor:
+        """The tensor the backbone sees: channels_last on GPU unless disabled (it is slower on CPU)."""
+        return X.to(memory_format=torch.channels_last) if self.channels_last and X.is_cuda else X
+
+    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Online backbone features and classifier logits (on detached features)."""
+        feats = self.backbone(self.to_input(X))
+        return {"feats": feats, "logits": self.classifier(feats.detach())}
+
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward of a small crop: backbone features only in the base method."""
+        return {"feats": self.backbone(self.to_input(X))}
+
+    def _classifier_step(self, out: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = out["logits"]
+        loss = F.cross_entropy(logits, targets, ignore_index=-1)
+        acc1, acc5 = accuracy_at_k(logits.detach(), targets)
+        return {**out, "loss": loss, "acc1": acc1, "acc5": acc5}
+
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Online forward of one large crop plus the online classifier's loss and accuracy."""
+        return self._classifier_step(self(X), targets)
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
+        """Run every crop online; returns per-crop lists and the classifier loss (subclasses add theirs)."""
+        _, X, targets = batch
+        X = [X] if isinstance(X, torch.Tensor) else list(X)
+        if len(X) != self.num_crops:
+            raise ValueError(f"batch has {len(X)} crops, the config says {self.num_crops}")
+        per_crop = [self.base_training_step(x, targets) for x in X[: self.num_large_crops]]
+        outs: dict[str, Any] = {k: [o[k] for o in per_crop] for k in per_crop[0]}
+        for x in X[self.num_large_crops :]:
+            for k, v in self.multicrop_forward(x).items():
+                outs.setdefault(k, []).append(v)
+        for key in ("loss", "acc1", "acc5"):
+            outs[key] = sum(outs[key]) / self.num_large_crops
+        self.log_dict(
+            {"train_class_loss": outs["loss"], "train_acc1": outs["acc1"], "train_acc5": outs["acc5"]},
+            on_epoch=True,
+            sync_dist=True,
+        )
+        if self.knn_bank is not None:
+            self.knn_bank.add(outs["feats"][0], targets)
+        return outs
+
+    def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Online classifier loss/accuracy on a validation batch (and features for the kNN)."""
+        X, targets = batch
+        out = self._classifier_step(self(X), targets)
+        if self.knn_val is not None:
+            self.knn_val.add(out["feats"], targets)
+        metrics = {"batch_size": X.size(0), "val_loss": out["loss"], "val_acc1": out["acc1"], "val_acc5": out["acc5"]}
+        metrics.update(self.momentum_validation_metrics(X, targets))
+        self.validation_step_outputs.append(metrics)
+        return metrics
+
+    def momentum_validation_metrics(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Extra validation metrics of the momentum branch (none in the base method)."""
+        return {}
+
+    def on_validation_epoch_end(self) -> None:
+        """Log batch-size weighted means of the validation metrics and the kNN accuracy."""
+        outputs, self.validation_step_outputs = self.validation_step_outputs, []
+        if outputs:
+            total = sum(o["batch_size"] for o in outputs)
+            keys = [k for k in outputs[0] if k != "batch_size"]
+            means = {k: sum(float(o[k]) * o["batch_size"] for o in outputs) / total for k in keys}
+            self.log_dict(means, sync_dist=True)
+        if self.knn_bank is not None and self.knn_val is not None and len(self.knn_val) and len(self.knn_bank):
+            acc1, acc5 = knn_accuracy(
+                self.knn_bank.features(),
+                self.knn_bank.labels(),
+                self.knn_val.features(),
+                self.knn_val.labels(),
+                self.num_classes,
+                k=self.cfg.knn_eval.k,
+                temperature=self.cfg.knn_eval.temperature,
+                distance=self.cfg.knn_eval.distance_func,
+            )
+            self.log_dict({"val_knn_acc1": acc1, "val_knn_acc5": acc5}, sync_dist=True)
+        if self.knn_val is not None:
+            self.knn_val.reset()
+
+    def on_train_epoch_start(self) -> None:
+        """Start a fresh kNN training bank each epoch."""
+        if self.knn_bank is not None:
+            self.knn_bank.reset()
+
+
+class BaseMomentumMethod(BaseMethod):
+    """BaseMethod plus a target branch whose EMA parts (``momentum.parts``) are momentum copies.
+
+    Shared parts are not recomputed: the target pass starts from the online activation before the
+    first EMA part, captured during the online pass of the same crop.
+    """
+
+    default_ema_parts = "all"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        m = self.cfg.momentum
+        self.ema_spec = parse_ema_spec(m.parts_spec)
+        paths = spec_paths(self.ema_spec, "backbone", "projector")
+        self.ema = PartialEMA(self, self.encoder_stages(), paths, m.base_tau, m.final_tau)
+        self.momentum_classifier = nn.Linear(self.features_dim, self.num_classes) if m.classifier else None
+        self._target_cache: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+    @staticmethod
+    def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
+        """Add the momentum keys: base_tau, final_tau, classifier and this project's parts."""
+        cfg = BaseMethod.add_and_assert_specific_cfg(cfg)
+        base = cfg_default(cfg, "momentum.base_tau", 0.99)
+        final = cfg_default(cfg, "momentum.final_tau", 1.0)
+        check_taus(base, final)
+        cfg_default(cfg, "momentum.classifier", False)
+        spec = cfg_default(cfg, "momentum.parts_spec", "all")
+        parsed = parse_ema_spec(spec)
+        if base == final == 0.0:
+            parsed = parse_ema_spec("none")  # beta = 0 shares the parts exactly (the paper's "no momentum")
+        cfg.momentum.parts_spec = str(parsed)
+        cfg.momentum.parts = list(parsed.parts)
+        return cfg
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) pairs of the EMA parts only."""
+        return self.ema.pairs()
+
+    @property
+    def momentum_backbone(self) -> nn.Module | None:
+        """The momentum copy of the whole backbone, when the spec keeps one."""
+        return self.ema.copy_of("backbone") if "backbone" in self.ema.paths else None
+
+    @property
+    def momentum_projector(self) -> nn.Module | None:
+        """The momentum copy of the projector, when the spec keeps one."""
+        return self.ema.copy_of("projector") if "projector" in self.ema.paths else None
+
+    @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        """Base groups plus the momentum classifier (trained on detached target features)."""
+        params = super().learnable_params
+        if self.momentum_classifier is not None:
+            params.append(
+                {
+                    "name": "momentum_classifier",
+                    "params": self.momentum_classifier.parameters(),
+                    "lr": self.cfg.optimizer.classifier_lr,
+                    "weight_decay": 0.0,
+                }
+            )
+        return params
+
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Online step of one large crop; keeps what the target pass of the same crop will reuse."""
+        out = super().base_training_step(X, targets)
+        self._target_cache[id(X)] = (X, self.ema.pop_captured())
+        return out
+
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Small crops feed no target pass: drop what the hooks captured."""
+        out = super().multicrop_forward(X)
+        self.ema.pop_captured()
+        return out
+
+    @torch.no_grad()
+    def momentum_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Target features and projections of a crop: {'feats', 'z'}; subclasses post-process z."""
+        entry = self._target_cache.pop(id(X), None)
+        captured = entry[1] if entry is not None and entry[0] is X else None
+        needs_images = not captured or self.ema.first == 0
+        return self.ema.target_forward(self.to_input(X) if needs_images else None, captured)
+
+    def _shared_step_momentum(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        out = self.momentum_forward(X)
+        if self.momentum_classifier is not None:
+            logits = self.momentum_classifier(out["feats"].detach())
+            loss = F.cross_entropy(logits, targets, ignore_index=-1)
+            acc1, acc5 = accuracy_at_k(logits.detach(), targets)
+            out.update(logits=logits, loss=loss, acc1=acc1, acc5=acc5)
+        return out
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
+        """Online pass of every crop, then the target pass of the large crops (``momentum_*`` keys)."""
+        outs = super().training_step(batch, batch_idx)
+        _, X, targets = batch
+        X = [X] if isinstance(X, torch.Tensor) else list(X)
+        per_crop = [self._shared_step_momentum(x, targets) for x in X[: self.num_large_crops]]
+        self._target_cache.clear()
+        momentum = {f"momentum_{k}": [o[k] for o in per_crop] for k in per_crop[0]}
+        if self.momentum_classifier is not None:
+            for key in ("loss", "acc1", "acc5"):
+                momentum[f"momentum_{key}"] = sum(momentum[f"momentum_{key}"]) / self.num_large_crops
+            self.log_dict(
+                {
+                    "train_momentum_class_loss": momentum["momentum_loss"],
+                    "train_momentum_acc1": momentum["momentum_acc1"],
+                    "train_momentum_acc5": momentum["momentum_acc5"],
+                },
+                on_epoch=True,
+                sync_dist=True,
+            )
+            outs["loss"] = outs["loss"] + momentum["momentum_loss"]
+        outs.update(momentum)
+        return outs
+
+    def momentum_validation_metrics(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Momentum classifier metrics (the target pass from images, nothing cached in validation)."""
+        self.ema.pop_captured()
+        if self.momentum_classifier is None:
+            return {}
+        feats = self.momentum_forward(X)["feats"]
+        logits = self.momentum_classifier(feats)
+        acc1, acc5 = accuracy_at_k(logits, targets)
+        return {"momentum_val_loss": F.cross_entropy(logits, targets), "momentum_val_acc1": acc1,
+                "momentum_val_acc5": acc5}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Optimizer step, then one EMA update of the momentum parts with the scheduled tau."""
+        super().optimizer_step(*args, **kwargs)
+        self.ema.step(int(self.trainer.estimated_stepping_batches))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the tau of the last EMA update."""
+        self.log("tau", self.ema.last_tau, on_step=True, on_epoch=False)

@@ -1,0 +1,38 @@
+"""Callbacks of the engine: step timing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training step (forward, backward, optimizer step, EMA update), logged as step_time."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+        self._epoch_start = 0.0
+        self.epoch_times: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        """Stop the clock and log the step time."""
+        self.times.append(time.perf_counter() - self._start)
+        pl_module.log("step_time", self.times[-1], on_step=True, on_epoch=False)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch clock."""
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log seconds per epoch."""
+        self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        pl_module.log("epoch_time", self.epoch_times[-1], on_step=False, on_epoch=True)

@@ -1,0 +1,374 @@
+"""solo-ema-pretrain: self-supervised pretraining with any EMA placement, from solo-learn-style flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .ema import EMASpecError, parse_ema_spec, valid_names
+
+PROG = "solo-ema-pretrain"
+DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "custom")
+DEFAULT_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
+SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+
+# method flags: given ones go to cfg.method_kwargs, the method fills the rest with its defaults
+METHOD_FLAGS: dict[str, type] = {
+    "proj_output_dim": int,
+    "proj_hidden_dim": int,
+    "pred_hidden_dim": int,
+}
+AUG_FLAGS: dict[str, type] = {
+    "brightness": float,
+    "contrast": float,
+    "saturation": float,
+    "hue": float,
+    "color_jitter_prob": float,
+    "gray_scale_prob": float,
+    "horizontal_flip_prob": float,
+    "gaussian_prob": float,
+    "solarization_prob": float,
+    "crop_size": int,
+    "min_scale": float,
+    "max_scale": float,
+}
+
+
+class UsageError(Exception):
+    """A bad flag or input file: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _methods() -> dict[str, Any]:
+    from .methods import METHODS
+
+    return METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flag parser (paper-era solo-learn bash-file flags plus --ema_parts and --dry_run)."""
+    p = _Parser(prog=PROG, description=__doc__, allow_abbrev=False)
+    a = p.add_argument
+    a("--method", required=True, help="self-supervised method (see --help for the list)")
+    a("--ema_parts", default=None, help=f"EMA placement; {valid_names()}")
+    a("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
+    a("--data_dir", default=None, help="dataset root (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
+    a("--train_dir", default=None, help="custom: training folder, relative to --data_dir")
+    a("--val_dir", default=None, help="custom: validation folder, relative to --data_dir")
+    a("--num_classes", type=int, default=None, help="custom: number of classes (read from the folder otherwise)")
+    a("--download", action="store_true", help="download CIFAR where the network allows")
+    a("--train_subset", type=int, default=None, help="train on a fixed random subset of this many images")
+    a("--val_subset", type=int, default=None, help="validate on a fixed random subset of this many images")
+    a("--backbone", default="resnet18")
+    a("--zero_init_residual", action="store_true")
+    a("--max_epochs", type=int, default=1000)
+    a("--max_steps", type=int, default=-1)
+    a("--devices", default="1", help="number of devices, or a comma list of ids as in solo-learn")
+    a("--num_nodes", type=int, default=1)
+    a("--accelerator", default="auto")
+    a("--strategy", default="auto")
+    a("--precision", default=None, help="default: 16-mixed on GPU, 32-true on CPU")
+    a("--accumulate_grad_batches", type=int, default=1)
+    a("--sync_batchnorm", action="store_true")
+    a("--optimizer", default=None, choices=("sgd", "lars"))
+    a("--lars", action="store_true", help="same as --optimizer lars (old solo-learn flag)")
+    a("--eta_lars", type=float, default=1e-3)
+    a("--grad_clip_lars", action="store_true")
+    a("--exclude_bias_n_norm", action="store_true")
+    a("--scheduler", default="warmup_cosine")
+    a("--warmup_epochs", type=float, default=10)
+    a("--warmup_steps", type=int, default=None, help="overrides --warmup_epochs")
+    a("--warmup_start_lr", type=float, default=3e-5)
+    a("--min_lr", type=float, default=0.0)
+    a("--lr", type=float, default=0.3)
+    a("--classifier_lr", type=float, default=0.3)
+    a("--weight_decay", type=float, default=1e-4)
+    a("--batch_size", type=int, default=128, help="per device")
+    a("--num_workers", type=int, default=4)
+    a("--no_lr_scaling", action="store_true", help="do not scale lr by batch_size * devices / 256")
+    a("--num_crops_per_aug", type=int, nargs="+", default=[2])
+    for name, typ in AUG_FLAGS.items():
+        a(f"--{name}", type=typ, nargs="+", default=None)
+    for name, typ in METHOD_FLAGS.items():
+        a(f"--{name}", type=typ, default=None)
+    a("--base_tau_momentum", type=float, default=0.99, help="beta at step 0 (0 = shared, 1 = frozen)")
+    a("--final_tau_momentum", type=float, default=None, help="beta at the end (default 1.0; 0 when base is 0)")
+    a("--momentum_classifier", action="store_true")
+    a("--knn_eval", action="store_true")
+    a("--knn_k", type=int, default=20)
+    a("--no_channel_last", action="store_true")
+    a("--name", default=None, help="run name (folder under --log_dir)")
+    a("--project", default="solo-ema")
+    a("--log_dir", default="runs")
+    a("--wandb", action="store_true", help="also log to W&B (WANDB_MODE=offline works)")
+    a("--save_checkpoint", action="store_true")
+    a("--checkpoint_dir", default=None, help="default: <log_dir>/<name>/checkpoints")
+    a("--auto_resume", action="store_true")
+    a("--seed", type=int, default=5)
+    a("--limit_val_batches", type=float, default=1.0)
+    a("--check_val_every_n_epoch", type=int, default=1)
+    a("--dry_run", action="store_true", help="print the resolved config as JSON and exit")
+    a("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+DEFAULT_AUG = {
+    "brightness": 0.4,
+    "contrast": 0.4,
+    "saturation": 0.2,
+    "hue": 0.1,
+    "color_jitter_prob": 0.8,
+    "gray_scale_prob": 0.2,
+    "horizontal_flip_prob": 0.5,
+    "gaussian_prob": 0.0,
+    "solarization_prob": 0.0,
+    "crop_size": None,
+    "min_scale": 0.08,
+    "max_scale": 1.0,
+}
+
+
+def _augmentations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .data.augment import recipes_from_flags
+
+    flags = {k: getattr(args, k) if getattr(args, k) is not None else [v] for k, v in DEFAULT_AUG.items()}
+    if args.crop_size is None:
+        flags["crop_size"] = [32 if args.dataset in SMALL_DATASETS else 224]
+    try:
+        recipes = recipes_from_flags(args.num_crops_per_aug, **flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return [r.to_dict() for r in recipes]
+
+
+def _num_devices(devices: str) -> int:
+    items = [d for d in str(devices).split(",") if d.strip()]
+    if len(items) > 1:
+        return len(items)
+    value = int(items[0])
+    return max(value, 1)
+
+
+def _check(cond: bool, flag: str, message: str) -> None:
+    if not cond:
+        raise UsageError(f"{flag}: {message}")
+
+
+def build_cfg(argv: Sequence[str]) -> DictConfig:
+    """Parse command-line flags into the resolved config (solo-learn's key layout plus momentum.parts)."""
+    args = build_parser().parse_args(list(argv))
+    methods = _methods()
+    _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
+    _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
+           f"{', '.join(DATASET_NAMES)}")
+    _check(args.backbone in ("resnet18", "resnet50"), "--backbone", f"unknown backbone '{args.backbone}'; valid: "
+           "resnet18, resnet50")
+    _check(0.0 <= args.base_tau_momentum <= 1.0, "--base_tau_momentum",
+           f"must be in [0, 1], got {args.base_tau_momentum}")
+    final = args.final_tau_momentum
+    if final is None:
+        final = 0.0 if args.base_tau_momentum == 0.0 else 1.0
+    _check(0.0 <= final <= 1.0, "--final_tau_momentum", f"must be in [0, 1], got {final}")
+    _check(args.base_tau_momentum <= final, "--base_tau_momentum",
+           f"base tau {args.base_tau_momentum} must not exceed --final_tau_momentum {final}")
+    for flag in ("lr", "classifier_lr", "weight_decay", "min_lr", "warmup_start_lr", "eta_lars"):
+        _check(getattr(args, flag) >= 0, f"--{flag}", f"must be >= 0, got {getattr(args, flag)}")
+    _check(args.batch_size > 0, "--batch_size", f"must be > 0, got {args.batch_size}")
+    _check(args.max_epochs > 0 or args.max_steps > 0, "--max_epochs", "give --max_epochs > 0 or --max_steps > 0")
+    _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
+    method_cls = methods[args.method]
+    spec = args.ema_parts or getattr(method_cls, "default_ema_parts", "none")
+    try:
+        parse_ema_spec(spec)
+    except EMASpecError as exc:
+        raise UsageError(f"--ema_parts: {exc}") from None
+    optimizer = args.optimizer or ("lars" if args.lars else "sgd")
+    num_devices = _num_devices(args.devices)
+    scale = 1.0 if args.no_lr_scaling else args.batch_size * num_devices * args.num_nodes / 256
+    augmentations = _augmentations(args)
+    crops = [aug["num_crops"] for aug in augmentations]
+    sizes = [aug["crop_size"] for aug in augmentations]
+    large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
+    data_dir = args.data_dir or DEFAULT_DATA_DIRS.get(args.dataset)
+    num_classes = args.num_classes or NUM_CLASSES.get(args.dataset)
+    if args.dataset == "custom" and num_classes is None and not args.dry_run:
+        from .data import num_classes_of
+
+        try:
+            num_classes = num_classes_of("custom", _train_path(data_dir, args.train_dir))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--data_dir: {exc}") from None
+    method_kwargs = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
+    name = args.name or f"{args.method}-{args.dataset}-{spec.replace('+', '_')}"
+    cfg = {
+        "name": name,
+        "method": args.method,
+        "seed": args.seed,
+        "backbone": {"name": args.backbone, "kwargs": {"zero_init_residual": args.zero_init_residual}},
+        "data": {
+            "dataset": args.dataset,
+            "data_dir": data_dir,
+            "train_path": _train_path(data_dir, args.train_dir),
+            "val_path": _val_path(data_dir, args.val_dir),
+            "num_classes": num_classes or 0,
+            "num_large_crops": large,
+            "num_small_crops": sum(crops) - large,
+            "num_workers": args.num_workers,
+            "download": args.download,
+            "train_subset": args.train_subset,
+            "val_subset": args.val_subset,
+        },
+        "augmentations": augmentations,
+        "optimizer": {
+            "name": optimizer,
+            "batch_size": args.batch_size,
+            "lr": args.lr * scale,
+            "classifier_lr": args.classifier_lr * scale,
+            "weight_decay": args.weight_decay,
+            "kwargs": (
+                {"momentum": 0.9, "eta": args.eta_lars, "clip_lr": args.grad_clip_lars,
+                 "exclude_bias_n_norm": args.exclude_bias_n_norm}
+                if optimizer == "lars" else {"momentum": 0.9}
+            ),
+        },
+        "scheduler": {
+            "name": args.scheduler,
+            "warmup_epochs": args.warmup_epochs,
+            "warmup_steps": args.warmup_steps,
+            "warmup_start_lr": args.warmup_start_lr,
+            "min_lr": args.min_lr,
+        },
+        "momentum": {
+            "base_tau": args.base_tau_momentum,
+            "final_tau": final,
+            "classifier": args.momentum_classifier,
+            "parts_spec": spec,
+        },
+        "method_kwargs": method_kwargs,
+        "knn_eval": {"enabled": args.knn_eval, "k": args.knn_k},
+        "performance": {"disable_channel_last": args.no_channel_last},
+        "max_epochs": args.max_epochs,
+        "max_steps": args.max_steps,
+        "devices": num_devices,
+        "num_nodes": args.num_nodes,
+        "accelerator": args.accelerator,
+        "strategy": args.strategy,
+        "precision": args.precision,
+        "accumulate_grad_batches": args.accumulate_grad_batches,
+        "sync_batchnorm": args.sync_batchnorm,
+        "limit_val_batches": args.limit_val_batches,
+        "check_val_every_n_epoch": args.check_val_every_n_epoch,
+        "logging": {"log_dir": args.log_dir, "project": args.project, "wandb": args.wandb},
+        "checkpoint": {
+            "enabled": args.save_checkpoint,
+            "dir": args.checkpoint_dir or os.path.join(args.log_dir, name, "checkpoints"),
+            "auto_resume": args.auto_resume,
+        },
+        "debug": args.debug,
+        "dry_run": args.dry_run,
+    }
+    cfg = OmegaConf.create(cfg)
+    try:
+        cfg = method_cls.add_and_assert_specific_cfg(cfg)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"--method {args.method}: {exc}") from None
+    return cfg
+
+
+def _train_path(data_dir: str | None, train_dir: str | None) -> str | None:
+    if data_dir is None:
+        return None
+    return os.path.join(data_dir, train_dir) if train_dir else data_dir
+
+
+def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
+    if data_dir is None:
+        return None
+    return os.path.join(data_dir, val_dir) if val_dir else data_dir
+
+
+def build_model(cfg: DictConfig):
+    """The method instance for a resolved config."""
+    return _methods()[cfg.method](cfg.copy())
+
+
+def cost_of(cfg: DictConfig) -> dict[str, Any]:
+    """Cost accounting of the EMA placement, counted on a model built on the meta device (no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    ema = getattr(model, "ema", None)
+    spec = parse_ema_spec(cfg.momentum.parts_spec)
+    layers = 0
+    if ema is not None:
+        layers = sum(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in ema.copies.modules())
+    return {
+        "ema_parts": str(spec),
+        "ema_layers": layers,
+        "momentum_params": ema.num_momentum_params() if ema is not None else 0,
+        "online_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema.")),
+        "backbone_forwards_per_view": 1 if spec.shares_backbone else 2,
+    }
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Fail early, with the path, when the training data cannot be read."""
+    from .data import check_image_folder
+
+    dataset, path = cfg.data.dataset, cfg.data.train_path
+    if dataset == "custom":
+        if path is None:
+            raise UsageError("--data_dir: the custom dataset needs a folder of class sub-folders")
+        try:
+            check_image_folder(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--data_dir: {exc}") from None
+    elif dataset == "fashion_mnist":
+        if path is None or not Path(path).is_dir():
+            raise UsageError(f"--data_dir: no Fashion-MNIST folder at '{path}' "
+                             "(apt-get install -y dataset-fashion-mnist, or give the folder of the idx .gz files)")
+    elif not cfg.data.download and (path is None or not Path(path).is_dir()):
+        raise UsageError(f"--data_dir: no {dataset} folder at '{path}' (give the folder, or --download)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of solo-ema-pretrain."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        cfg = build_cfg(argv)
+        if cfg.dry_run:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            resolved["cost"] = cost_of(cfg)
+            print(json.dumps(resolved, sort_keys=True))
+            return 0
+        check_data(cfg)
+        from .train import run_pretrain
+
+        run_pretrain(cfg)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

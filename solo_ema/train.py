@@ -1,0 +1,125 @@
+"""Build data, model, loggers and trainer from a resolved config, and fit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
+from .engine.callbacks import StepTimer
+from .pretrain import build_model, cost_of
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind."""
+
+    model: pl.LightningModule
+    trainer: pl.Trainer
+    timer: StepTimer
+    run_dir: Path
+    cost: dict[str, Any]
+
+
+def uses_gpu(cfg: DictConfig) -> bool:
+    """True when the run will train on CUDA devices."""
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """16-mixed on GPU, 32-true on CPU, unless the config says otherwise."""
+    if cfg.precision:
+        return str(cfg.precision)
+    return "16-mixed" if uses_gpu(cfg) else "32-true"
+
+
+def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """Training loader ([indexes, crops, targets]) and validation loader ((x, y)) from the config."""
+    d = cfg.data
+    recipes = [ViewRecipe.from_dict(a) for a in cfg.augmentations]
+    train = build_pretrain_loader(
+        d.dataset, d.train_path, recipes, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers,
+        download=d.download, subset=d.train_subset, seed=cfg.seed,
+    )
+    val = None
+    if cfg.limit_val_batches:
+        val = build_eval_loader(
+            d.dataset, d.val_path, train=False, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers,
+            download=d.download, subset=d.val_subset, seed=cfg.seed,
+        )
+    return train, val
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
+    """A Lightning Trainer with a CSV logger in run_dir (and W&B when asked)."""
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="")]
+    if cfg.logging.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(name=cfg.name, project=cfg.logging.project, save_dir=str(run_dir)))
+    callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
+    if cfg.checkpoint.enabled:
+        callbacks.append(ModelCheckpoint(dirpath=cfg.checkpoint.dir, save_last=True, save_top_k=0))
+    return pl.Trainer(
+        max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        accelerator=cfg.accelerator,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        sync_batchnorm=cfg.sync_batchnorm,
+        limit_val_batches=cfg.limit_val_batches,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        num_sanity_val_steps=0,
+        logger=loggers,
+        callbacks=callbacks,
+        log_every_n_steps=1,
+        enable_checkpointing=bool(cfg.checkpoint.enabled),
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def format_cost(cost: dict[str, Any]) -> str:
+    """One line of cost accounting for the start of a run."""
+    return (
+        f"EMA parts: {cost['ema_parts']} | EMA layers: {cost['ema_layers']} | "
+        f"momentum params: {cost['momentum_params']:,} | online params: {cost['online_params']:,} | "
+        f"backbone forwards per view: {cost['backbone_forwards_per_view']}"
+    )
+
+
+def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunResult:
+    """Pretrain one method from a resolved config; metrics go to <log_dir>/<name>/metrics.csv."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.logging.log_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cost = cost_of(cfg)
+    print(format_cost(cost), flush=True)
+    train_loader, val_loader = build_loaders(cfg)
+    model = build_model(cfg)
+    if not cfg.performance.disable_channel_last and uses_gpu(cfg):
+        model = model.to(memory_format=torch.channels_last)
+    timer = StepTimer()
+    trainer = build_trainer(cfg, [timer, *(extra_callbacks or [])], run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))
+    ckpt = None
+    if cfg.checkpoint.auto_resume:
+        last = Path(cfg.checkpoint.dir) / "last.ckpt"
+        ckpt = str(last) if last.exists() else None
+    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
+    epoch_time = sum(timer.epoch_times) / len(timer.epoch_times) if timer.epoch_times else None
+    cost = {**cost, "seconds_per_epoch": epoch_time, "steps": len(timer.times)}
+    (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
+    return RunResult(model=model, trainer=trainer, timer=timer, run_dir=run_dir, cost=cost)
