@@ -34,8 +34,10 @@ def valid_names() -> str:
 
 
 def _canonical(token: str) -> str:
-    top, _, rest = token.partition(".")
+    top, dot, rest = token.partition(".")
     top = ALIASES.get(top, top)
+    if dot and not rest:
+        raise EMASpecError(f"'{token}': empty sub-part name; valid: {valid_names()}")
     if top not in PARTS:
         raise EMASpecError(f"unknown EMA part '{token}'; valid: {valid_names()}")
     if rest and top == "conv1":
