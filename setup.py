@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["solo_ema", "solo_ema.*"]),
     include_package_data=True,
+    package_data={"solo_ema.data": ["imagenet100_classes.txt"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -32,6 +33,9 @@ setup(
         "console_scripts": [
             "solo-ema-pretrain=solo_ema.pretrain:main",
             "solo-ema-demo=solo_ema.demo:main",
+            "solo-ema-plot=solo_ema.plot:main",
+            "solo-ema-report=solo_ema.report:main",
+            "solo-ema-linear=solo_ema.linear:main",
         ]
     },
 )

@@ -3,28 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .analysis.cost import cost_of
 from .ema import EMASpecError, parse_ema_spec, valid_names
+from .errors import UsageError
 
 PROG = "solo-ema-pretrain"
-DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "custom")
+DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "imagenet100", "imagenet", "custom")
 DEFAULT_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "imagenet100": 100, "imagenet": 1000}
+# ImageNet folders: <data_dir>/train/<wnid>/*.JPEG and <data_dir>/val/<wnid>/*.JPEG unless --train_dir/--val_dir say.
+IMAGENET_DATASETS = ("imagenet100", "imagenet")
+FOLDER_DATASETS = (*IMAGENET_DATASETS, "custom")
 SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 
-# method flags: given ones go to cfg.method_kwargs, the method fills the rest with its defaults
-METHOD_FLAGS: dict[str, type] = {
+
+def str2bool(value: str) -> bool:
+    """'true/false', 'yes/no', '1/0' (any case) as a bool, for the boolean method flags."""
+    text = str(value).strip().lower()
+    if text in ("true", "t", "yes", "y", "1"):
+        return True
+    if text in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+# method flags: given ones go to cfg.method_kwargs, the method fills the rest with its defaults.
+# str2bool flags work as switches (`--flag` is true) and take an optional value (`--flag false`).
+METHOD_FLAGS: dict[str, Callable[[str], Any]] = {
     "proj_output_dim": int,
     "proj_hidden_dim": int,
     "pred_hidden_dim": int,
+    "bn_backbone_out": str2bool,  # BN1 of Table C.8: BatchNorm on the backbone output, before the projector
+    "bn_projector_out": str2bool,  # BN2 of Table C.8: BatchNorm as the projector's last layer
+    "temperature": float,  # MoCo v2+, SimCLR
+    "queue_size": int,  # MoCo v2+, ReSSL
+    "temperature_q": float,  # ReSSL
+    "temperature_k": float,  # ReSSL
+    "num_prototypes": int,  # DINO
+    "student_temperature": float,  # DINO
+    "teacher_temperature": float,  # DINO
+    "warmup_teacher_temperature": float,  # DINO
+    "warmup_teacher_temperature_epochs": int,  # DINO
+    "center_momentum": float,  # DINO
+    "norm_last_layer": str2bool,  # DINO
+    "use_bn_in_head": str2bool,  # DINO
+    "freeze_last_layer": int,  # DINO: epochs
+    "clip_grad": float,  # DINO: per-parameter backbone gradient clipping, 0 = off
 }
 AUG_FLAGS: dict[str, type] = {
     "brightness": float,
@@ -42,8 +76,6 @@ AUG_FLAGS: dict[str, type] = {
 }
 
 
-class UsageError(Exception):
-    """A bad flag or input file: reported as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ema_parts", default=None, help=f"EMA placement; {valid_names()}")
     a("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     a("--data_dir", default=None, help="dataset root (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
-    a("--train_dir", default=None, help="custom: training folder, relative to --data_dir")
-    a("--val_dir", default=None, help="custom: validation folder, relative to --data_dir")
+    a("--train_dir", default=None, help="training folder, relative to --data_dir (imagenet, imagenet100: train)")
+    a("--val_dir", default=None, help="validation folder, relative to --data_dir (imagenet, imagenet100: val)")
     a("--num_classes", type=int, default=None, help="custom: number of classes (read from the folder otherwise)")
     a("--download", action="store_true", help="download CIFAR where the network allows")
     a("--train_subset", type=int, default=None, help="train on a fixed random subset of this many images")
@@ -97,12 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight_decay", type=float, default=1e-4)
     a("--batch_size", type=int, default=128, help="per device")
     a("--num_workers", type=int, default=4)
+    a("--dali", action="store_true", help="load image folders with NVIDIA DALI (pip install -e '.[dali]')")
+    a("--dali_device", default="auto", choices=("auto", "gpu", "cpu"),
+      help="DALI decoding and augmentation device (auto: gpu when CUDA is available)")
     a("--no_lr_scaling", action="store_true", help="do not scale lr by batch_size * devices / 256")
     a("--num_crops_per_aug", type=int, nargs="+", default=[2])
     for name, typ in AUG_FLAGS.items():
         a(f"--{name}", type=typ, nargs="+", default=None)
     for name, typ in METHOD_FLAGS.items():
-        a(f"--{name}", type=typ, default=None)
+        if typ is str2bool:
+            a(f"--{name}", type=str2bool, nargs="?", const=True, default=None)
+        else:
+            a(f"--{name}", type=typ, default=None)
     a("--base_tau_momentum", type=float, default=0.99, help="beta at step 0 (0 = shared, 1 = frozen)")
     a("--final_tau_momentum", type=float, default=None, help="beta at the end (default 1.0; 0 when base is 0)")
     a("--momentum_classifier", action="store_true")
@@ -119,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=5)
     a("--limit_val_batches", type=float, default=1.0)
     a("--check_val_every_n_epoch", type=int, default=1)
+    a("--grad_monitor", action="store_true",
+      help="log grad_linf/<part>: max |dLoss/d output| of conv1, block1..4 and projector (large crops)")
+    a("--grad_monitor_interval", type=int, default=1, metavar="N", help="monitor every N optimizer steps")
+    a("--track_weights", default=None, metavar="PART",
+      help="record online and target weights of one small layer (e.g. projector.fc2) to <run>/weights_PART.pt")
+    a("--track_weights_interval", type=int, default=1, metavar="N", help="record every N optimizer steps")
     a("--dry_run", action="store_true", help="print the resolved config as JSON and exit")
     a("--debug", action="store_true", help="show tracebacks")
     return p
@@ -187,6 +231,9 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         _check(getattr(args, flag) >= 0, f"--{flag}", f"must be >= 0, got {getattr(args, flag)}")
     _check(args.batch_size > 0, "--batch_size", f"must be > 0, got {args.batch_size}")
     _check(args.max_epochs > 0 or args.max_steps > 0, "--max_epochs", "give --max_epochs > 0 or --max_steps > 0")
+    _check(args.grad_monitor_interval > 0, "--grad_monitor_interval", f"must be > 0, got {args.grad_monitor_interval}")
+    _check(args.track_weights_interval > 0, "--track_weights_interval",
+           f"must be > 0, got {args.track_weights_interval}")
     _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
     method_cls = methods[args.method]
     spec = args.ema_parts or getattr(method_cls, "default_ema_parts", "none")
@@ -201,6 +248,11 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     crops = [aug["num_crops"] for aug in augmentations]
     sizes = [aug["crop_size"] for aug in augmentations]
     large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
+    _check(not args.dali or args.dataset in FOLDER_DATASETS, "--dali",
+           f"DALI reads image folders ({', '.join(FOLDER_DATASETS)}), not {args.dataset}")
+    if args.dataset in IMAGENET_DATASETS:
+        args.train_dir = "train" if args.train_dir is None else args.train_dir
+        args.val_dir = "val" if args.val_dir is None else args.val_dir
     data_dir = args.data_dir or DEFAULT_DATA_DIRS.get(args.dataset)
     num_classes = args.num_classes or NUM_CLASSES.get(args.dataset)
     if args.dataset == "custom" and num_classes is None and not args.dry_run:
@@ -226,6 +278,8 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
             "num_large_crops": large,
             "num_small_crops": sum(crops) - large,
             "num_workers": args.num_workers,
+            "format": "dali" if args.dali else ("image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"),
+            "dali_device": args.dali_device,
             "download": args.download,
             "train_subset": args.train_subset,
             "val_subset": args.val_subset,
@@ -270,6 +324,12 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         "sync_batchnorm": args.sync_batchnorm,
         "limit_val_batches": args.limit_val_batches,
         "check_val_every_n_epoch": args.check_val_every_n_epoch,
+        "analysis": {
+            "grad_monitor": args.grad_monitor,
+            "grad_monitor_interval": args.grad_monitor_interval,
+            "track_weights": args.track_weights,
+            "track_weights_interval": args.track_weights_interval,
+        },
         "logging": {"log_dir": args.log_dir, "project": args.project, "wandb": args.wandb},
         "checkpoint": {
             "enabled": args.save_checkpoint,
@@ -284,6 +344,17 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         cfg = method_cls.add_and_assert_specific_cfg(cfg)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--method {args.method}: {exc}") from None
+    try:
+        build_model(cfg, device="meta")  # resolves sub-module parts such as projector.fc2 against the model
+    except EMASpecError as exc:
+        raise UsageError(f"--ema_parts: {exc}") from None
+    if args.track_weights:
+        from .analysis.weights import check_part
+
+        try:
+            check_part(cfg)
+        except ValueError as exc:
+            raise UsageError(f"--track_weights: {exc}") from None
     return cfg
 
 
@@ -299,29 +370,12 @@ def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
     return os.path.join(data_dir, val_dir) if val_dir else data_dir
 
 
-def build_model(cfg: DictConfig):
-    """The method instance for a resolved config."""
-    return _methods()[cfg.method](cfg.copy())
-
-
-def cost_of(cfg: DictConfig) -> dict[str, Any]:
-    """Cost accounting of the EMA placement, counted on a model built on the meta device (no memory)."""
+def build_model(cfg: DictConfig, device: str | None = None):
+    """The method instance for a resolved config (on the meta device: structure only, no memory)."""
     import torch
 
-    with torch.device("meta"):
-        model = build_model(cfg)
-    ema = getattr(model, "ema", None)
-    spec = parse_ema_spec(cfg.momentum.parts_spec)
-    layers = 0
-    if ema is not None:
-        layers = sum(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in ema.copies.modules())
-    return {
-        "ema_parts": str(spec),
-        "ema_layers": layers,
-        "momentum_params": ema.num_momentum_params() if ema is not None else 0,
-        "online_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema.")),
-        "backbone_forwards_per_view": 1 if spec.shares_backbone else 2,
-    }
+    with torch.device(device) if device else contextlib.nullcontext():
+        return _methods()[cfg.method](cfg.copy())
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -336,12 +390,48 @@ def check_data(cfg: DictConfig) -> None:
             check_image_folder(path)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir: {exc}") from None
+    elif dataset in IMAGENET_DATASETS:
+        _check_imagenet(cfg)
     elif dataset == "fashion_mnist":
         if path is None or not Path(path).is_dir():
             raise UsageError(f"--data_dir: no Fashion-MNIST folder at '{path}' "
                              "(apt-get install -y dataset-fashion-mnist, or give the folder of the idx .gz files)")
     elif not cfg.data.download and (path is None or not Path(path).is_dir()):
         raise UsageError(f"--data_dir: no {dataset} folder at '{path}' (give the folder, or --download)")
+    if cfg.data.get("format") == "dali":
+        from .data.dali import DaliUnavailableError, require_dali, resolve_dali_device
+
+        try:
+            require_dali()
+        except DaliUnavailableError as exc:
+            raise UsageError(f"--dali: {exc}") from None
+        try:
+            resolve_dali_device(cfg.data.dali_device)
+        except ValueError as exc:
+            raise UsageError(f"--dali_device: {exc}") from None
+
+
+def _check_imagenet(cfg: DictConfig) -> None:
+    """ImageNet-1K: class folders (at most 1000); ImageNet-100: all 100 listed wnid folders (others ignored)."""
+    from .data import check_image_folder, check_imagenet100_folder
+
+    dataset = cfg.data.dataset
+    if cfg.data.data_dir is None:
+        raise UsageError(f"--data_dir: {dataset} needs the ImageNet folder (train/ and val/, one folder per class)")
+    folders = [("--train_dir", cfg.data.train_path)]
+    if cfg.limit_val_batches:
+        folders.append(("--val_dir", cfg.data.val_path))
+    for flag, folder in folders:
+        try:
+            if dataset == "imagenet100":
+                check_imagenet100_folder(folder)
+            else:
+                classes = check_image_folder(folder)
+                if len(classes) > NUM_CLASSES[dataset]:
+                    raise ValueError(f"{folder} has {len(classes)} class folders, ImageNet-1K has "
+                                     f"{NUM_CLASSES[dataset]} (use --dataset custom for other folders)")
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--data_dir/{flag}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -371,4 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from solo_ema.pretrain import main as _main  # the package's module, so its error classes are the ones raised
+
+    sys.exit(_main())

@@ -13,9 +13,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from .analysis.callbacks import CostLogger, analysis_callbacks
+from .analysis.cost import cost_of, format_cost
+from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
 from .engine.callbacks import StepTimer
-from .pretrain import build_model, cost_of
+from .errors import UsageError
+from .pretrain import build_model
+
+__all__ = ["RunResult", "build_loaders", "build_trainer", "cost_of", "format_cost", "run_pretrain"]
 
 
 @dataclass
@@ -45,10 +51,18 @@ def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.u
     """Training loader ([indexes, crops, targets]) and validation loader ((x, y)) from the config."""
     d = cfg.data
     recipes = [ViewRecipe.from_dict(a) for a in cfg.augmentations]
-    train = build_pretrain_loader(
-        d.dataset, d.train_path, recipes, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers,
-        download=d.download, subset=d.train_subset, seed=cfg.seed,
-    )
+    if d.get("format") == "dali":  # same recipes, files and labels; validation stays on torchvision
+        from .data.dali import build_dali_pretrain_loader
+
+        train = build_dali_pretrain_loader(
+            d.dataset, d.train_path, recipes, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers,
+            device=d.get("dali_device", "auto"), subset=d.train_subset, seed=cfg.seed,
+        )
+    else:
+        train = build_pretrain_loader(
+            d.dataset, d.train_path, recipes, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers,
+            download=d.download, subset=d.train_subset, seed=cfg.seed,
+        )
     val = None
     if cfg.limit_val_batches:
         val = build_eval_loader(
@@ -90,15 +104,6 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
     )
 
 
-def format_cost(cost: dict[str, Any]) -> str:
-    """One line of cost accounting for the start of a run."""
-    return (
-        f"EMA parts: {cost['ema_parts']} | EMA layers: {cost['ema_layers']} | "
-        f"momentum params: {cost['momentum_params']:,} | online params: {cost['online_params']:,} | "
-        f"backbone forwards per view: {cost['backbone_forwards_per_view']}"
-    )
-
-
 def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunResult:
     """Pretrain one method from a resolved config; metrics go to <log_dir>/<name>/metrics.csv."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -111,7 +116,12 @@ def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     if not cfg.performance.disable_channel_last and uses_gpu(cfg):
         model = model.to(memory_format=torch.channels_last)
     timer = StepTimer()
-    trainer = build_trainer(cfg, [timer, *(extra_callbacks or [])], run_dir)
+    try:
+        analysis = analysis_callbacks(cfg, model, run_dir)
+    except TrackWeightsError as exc:
+        raise UsageError(f"--track_weights: {exc}") from None
+    cost_logger = CostLogger(cost, timer)
+    trainer = build_trainer(cfg, [timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))
     ckpt = None
@@ -119,7 +129,7 @@ def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         last = Path(cfg.checkpoint.dir) / "last.ckpt"
         ckpt = str(last) if last.exists() else None
     trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
-    epoch_time = sum(timer.epoch_times) / len(timer.epoch_times) if timer.epoch_times else None
-    cost = {**cost, "seconds_per_epoch": epoch_time, "steps": len(timer.times)}
+    cost = {**cost_logger.cost, **cost_logger.measured(trainer.num_training_batches)}
+    print(format_cost(cost), flush=True)
     (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
     return RunResult(model=model, trainer=trainer, timer=timer, run_dir=run_dir, cost=cost)
