@@ -1,11 +1,23 @@
-"""Datasets: CIFAR-10/100, Fashion-MNIST (from idx files), image folders, and an index-returning wrapper."""
+"""Datasets: CIFAR-10/100, Fashion-MNIST (from idx files), image folders (ImageNet-1K, ImageNet-100, custom),
+and an index-returning wrapper.
+
+Image folders hold one sub-folder per class (``<root>/<class>/<image>``); labels are the positions of the
+class names in sorted order. ImageNet-100 is read from a full ImageNet-1K folder (or from a folder that holds
+only its 100 classes) by keeping the classes listed in ``imagenet100_classes.txt``; nothing is copied.
+
+An image that cannot be read (corrupt, truncated, not an image) raises ``UnreadableImageError`` naming its
+path when it is loaded: training stops with that message, nothing is skipped silently.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,9 +34,14 @@ __all__ = [
     "FOLDER_DATASETS",
     "DatasetInfo",
     "FashionMNIST",
+    "ImageNet100Folder",
     "IndexedDataset",
+    "UnreadableImageError",
     "build_dataset",
     "check_image_folder",
+    "check_imagenet100_folder",
+    "image_loader",
+    "imagenet100_classes",
     "num_classes_of",
     "read_idx",
 ]
@@ -173,6 +190,98 @@ class FashionMNIST(Dataset):
         return img, target
 
 
+class UnreadableImageError(OSError):
+    """An image file that cannot be opened or decoded; the message and `path` name the file."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        """Keep the message (a single argument, so DataLoader workers can re-raise it) and the path."""
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+def image_loader(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB; any failure raises UnreadableImageError naming the path."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")  # forces the decode, so a truncated file fails here
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, struct.error ... on bad files
+        raise UnreadableImageError(f"cannot read image {path}: {type(exc).__name__}: {exc}", path) from exc
+
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+@lru_cache(maxsize=1)
+def imagenet100_classes() -> tuple[str, ...]:
+    """The 100 WordNet ids of ImageNet-100 (the CMC subset used by solo-learn), in the file's order."""
+    text = resources.files("solo_ema.data").joinpath("imagenet100_classes.txt").read_text(encoding="utf-8")
+    wnids = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    bad = [w for w in wnids if not _WNID.match(w)]
+    if bad or len(wnids) != 100 or len(set(wnids)) != 100:
+        raise RuntimeError(
+            f"imagenet100_classes.txt is damaged: {len(wnids)} ids, {len(set(wnids))} unique, bad ids {bad[:3]}"
+        )
+    return wnids
+
+
+def _subset_classes(
+    root: str | os.PathLike, keep: Sequence[str], allow_missing: bool
+) -> tuple[list[str], dict[str, int]]:
+    """Sorted kept classes and {present class: position in the sorted kept list} for a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(keep)
+    present = {e.name for e in os.scandir(root) if e.is_dir()}
+    found = [c for c in classes if c in present]
+    if not found:
+        raise FileNotFoundError(
+            f"{root} holds none of the {len(classes)} ImageNet-100 class folders (e.g. {root}/{classes[0]}); "
+            "give an ImageNet-1K or ImageNet-100 folder, or use --dataset custom for other folders"
+        )
+    missing = [c for c in classes if c not in present]
+    if missing and not allow_missing:
+        raise FileNotFoundError(
+            f"{root} lacks {len(missing)} of the {len(classes)} ImageNet-100 class folders: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    return classes, {c: i for i, c in enumerate(classes) if c in present}
+
+
+def check_imagenet100_folder(root: str | os.PathLike, allow_missing: bool = False) -> list[str]:
+    """Check that `root` holds the ImageNet-100 class folders (it may hold others); return the present ones."""
+    _, class_to_idx = _subset_classes(root, imagenet100_classes(), allow_missing)
+    return sorted(class_to_idx)
+
+
+class ImageNet100Folder(ImageFolder):
+    """ImageNet-100 over an ImageNet-1K (or ImageNet-100) folder: only the listed classes, labels 0..99.
+
+    Labels are the positions of the wnids in sorted order, so a class keeps its label whichever folder
+    the data comes from; ``classes`` is that sorted list of 100 wnids. Folders of other classes are ignored.
+    With ``allow_missing=True`` a folder may lack some listed classes (their labels are then unused);
+    otherwise a missing class is an error naming it.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        classes: Sequence[str] | None = None,
+        allow_missing: bool = False,
+    ) -> None:
+        """Index the kept class folders of `root`; images are read with `image_loader`."""
+        self.keep = tuple(classes) if classes is not None else imagenet100_classes()
+        self.allow_missing = allow_missing
+        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=image_loader)
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        """All kept classes (sorted) and the label of each kept class present under `directory`."""
+        return _subset_classes(directory, self.keep, self.allow_missing)
+
+
 class IndexedDataset(Dataset):
     """Wrap a dataset so that item i is (i, x, y)."""
 
@@ -232,8 +341,10 @@ def build_dataset(
         return FashionMNIST(root, train=train, transform=transform)
     if root is None:
         raise ValueError(f"dataset '{name}' needs a root folder with one sub-folder per class")
+    if name == "imagenet100":
+        return ImageNet100Folder(root, transform=transform)
     check_image_folder(root)
-    return ImageFolder(str(root), transform=transform)
+    return ImageFolder(str(root), transform=transform, loader=image_loader)
 
 
 def num_classes_of(name: str, root: str | os.PathLike | None) -> int:
