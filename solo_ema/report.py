@@ -1,0 +1,260 @@
+"""solo-ema-report: the paper's numbers (zoo/paper_results.csv) side by side with the runs of the table scripts.
+
+Each row of a paper table is run by ``bash_files/tables/<table>.sh`` under the name ``table{T}-{row}``
+(``fig4-{row}`` and ``fig6-{row}`` for the figures). The report reads ``<log_dir>/<name>/metrics.csv``
+(Lightning's CSVLogger) of every row and prints, per table, a markdown table: row, metric, the paper's
+value, this run's value and the difference (run - paper).
+
+Metric mapping: top1 -> the last non-empty ``val_acc1`` (online linear classifier), top5 -> ``val_acc5``,
+knn1 -> ``val_knn_acc1``, minutes_per_epoch -> mean ``epoch_time`` / 60; any other metric -> n/a.
+
+``--tag TABLE ROW`` is the filter the table scripts use under ``DRY_RUN=1``: every JSON object line of
+standard input is printed back with ``"table"`` and ``"row"`` keys added.
+
+Only the standard library is imported here, so the filter starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+PROG = "solo-ema-report"
+DEFAULT_PAPER_CSV = Path(__file__).resolve().parent.parent / "zoo" / "paper_results.csv"
+
+# paper metric -> (metrics.csv column, how to reduce the column's non-empty values)
+METRICS: dict[str, tuple[str, str]] = {
+    "top1": ("val_acc1", "last"),
+    "top5": ("val_acc5", "last"),
+    "knn1": ("val_knn_acc1", "last"),
+    "minutes_per_epoch": ("epoch_time", "mean_minutes"),
+}
+NO_RUN = "no run"
+NOT_AVAILABLE = "n/a"
+NO_VALUE = "no value"
+NO_PAPER_VALUE = "-"
+COLUMNS = ("row", "metric", "paper", "this run", "diff")
+CSV_COLUMNS = ("table", "row", "run", "metric", "paper", "this_run", "diff")
+
+
+class UsageError(Exception):
+    """A bad flag or input file: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One (table, row, metric) of the paper with this run's value, all as display strings."""
+
+    table: str
+    row: str
+    run: str
+    metric: str
+    paper: str
+    this_run: str
+    diff: str
+
+
+def run_name(table: str, row: str) -> str:
+    """The run name of a paper row: table3-byol-all, tableC8-no-ema; fig4-conv1 for the csv's F4."""
+    if table.upper().startswith("F"):
+        return f"fig{table[1:]}-{row}"
+    return f"table{table}-{row}"
+
+
+def table_title(table: str) -> str:
+    """How the paper names a table: Table 3, Table C.8, Fig. 4."""
+    m = re.fullmatch(r"([A-Za-z]?)(\d+)", table)
+    if m is None:
+        return f"Table {table}"
+    letter, number = m.group(1).upper(), m.group(2)
+    if letter == "F":
+        return f"Fig. {number}"
+    if letter:
+        return f"Table {letter}.{number}"
+    return f"Table {number}"
+
+
+def script_name(table: str) -> str:
+    """The table script of a csv table id: table3.sh, tableC8.sh, fig4.sh."""
+    return run_name(table, "x")[:-2] + ".sh"
+
+
+def canonical_table(name: str, known: Iterable[str]) -> str:
+    """The csv's table id for a user's name ('3', 'table3', 'C8', 'C.8', 'tableC8', 'F4', 'fig4', 'Fig. 4')."""
+    known = list(known)
+    text = re.sub(r"[\s._-]", "", name).lower()
+    text = re.sub(r"^(table|tab)", "", text)
+    text = re.sub(r"^(figure|fig)", "f", text)
+    for table in known:
+        if table.lower() == text:
+            return table
+    raise UsageError(f"unknown table '{name}'; valid: {', '.join(known)}")
+
+
+def load_paper(path: str | Path) -> list[dict[str, str]]:
+    """The rows of zoo/paper_results.csv (one per table, row and metric), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--paper: no such file '{path}'")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"table", "row", "metric", "value"} - set(rows[0] if rows else {})
+    if missing:
+        raise UsageError(f"--paper: '{path}' lacks the columns {', '.join(sorted(missing))}")
+    return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, str]] | None:
+    """The rows of <run_dir>/metrics.csv, or None when the run has none."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _floats(rows: Sequence[dict[str, str]], column: str) -> list[float]:
+    out = []
+    for r in rows:
+        text = (r.get(column) or "").strip()
+        if text:
+            try:
+                out.append(float(text))
+            except ValueError:
+                continue
+    return out
+
+
+def metric_value(rows: Sequence[dict[str, str]], metric: str) -> float | str:
+    """This run's value of a paper metric (a float), or NOT_AVAILABLE / NO_VALUE."""
+    if metric not in METRICS:
+        return NOT_AVAILABLE
+    column, how = METRICS[metric]
+    values = _floats(rows, column)
+    if not values:
+        return NO_VALUE
+    if how == "last":
+        return values[-1]
+    return sum(values) / len(values) / 60.0
+
+
+def compare(paper: Sequence[dict[str, str]], log_dir: str | Path, tables: Sequence[str]) -> list[Line]:
+    """One Line per paper (table, row, metric) of the given tables (in their order), with this run's value."""
+    lines = []
+    cache: dict[str, list[dict[str, str]] | None] = {}
+    for p in sorted((p for p in paper if p["table"] in tables), key=lambda p: tables.index(p["table"])):
+        name = run_name(p["table"], p["row"])
+        if name not in cache:
+            cache[name] = read_metrics(Path(log_dir) / name)
+        rows = cache[name]
+        paper_text = p["value"].strip() or NO_PAPER_VALUE
+        value: float | str = NO_RUN if rows is None else metric_value(rows, p["metric"])
+        diff = ""
+        if isinstance(value, float) and paper_text != NO_PAPER_VALUE:
+            diff = f"{value - float(paper_text):+.2f}"
+        this_run = f"{value:.2f}" if isinstance(value, float) else value
+        lines.append(Line(p["table"], p["row"], name, p["metric"], paper_text, this_run, diff))
+    return lines
+
+
+def format_markdown(lines: Sequence[Line], tables: Sequence[str]) -> str:
+    """Per table: a heading and a markdown table (row, metric, paper, this run, diff)."""
+    blocks = []
+    for table in tables:
+        mine = [ln for ln in lines if ln.table == table]
+        ran = len({ln.row for ln in mine if ln.this_run != NO_RUN})
+        rows = len({ln.row for ln in mine})
+        out = [
+            f"## {table_title(table)}",
+            "",
+            f"bash bash_files/tables/{script_name(table)}: {ran} of {rows} rows have a run",
+            "",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * 3) + "|",
+        ]
+        out += [f"| {ln.row} | {ln.metric} | {ln.paper} | {ln.this_run} | {ln.diff} |" for ln in mine]
+        blocks.append("\n".join(out))
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_csv(lines: Sequence[Line], path: str | Path) -> None:
+    """The same comparison as CSV: table, row, run, metric, paper, this_run, diff."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for ln in lines:
+            w.writerow([ln.table, ln.row, ln.run, ln.metric, ln.paper, ln.this_run, ln.diff])
+
+
+def tag(table: str, row: str, src: TextIO, dst: TextIO) -> int:
+    """Copy src to dst, adding "table" and "row" to every JSON object line; return the number tagged."""
+    tagged = 0
+    for line in src:
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            obj["table"], obj["row"] = table, row
+            dst.write(json.dumps(obj, sort_keys=True) + "\n")
+            tagged += 1
+        else:
+            dst.write(line if line.endswith("\n") else line + "\n")
+    dst.flush()
+    return tagged
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The report's flags."""
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--log_dir", default="runs", help="folder of the runs (<log_dir>/<run name>/metrics.csv)")
+    p.add_argument("--table", action="append", default=None, metavar="T",
+                   help="a table to report (3, C8, F4, table3, fig4, ...; repeatable; default: all)")
+    p.add_argument("--csv", default=None, metavar="PATH", help="also write the comparison as CSV")
+    p.add_argument("--paper", default=str(DEFAULT_PAPER_CSV), metavar="PATH",
+                   help="the paper's numbers (default: zoo/paper_results.csv of this checkout)")
+    p.add_argument("--tag", nargs=2, default=None, metavar=("TABLE", "ROW"),
+                   help="filter: add table and row to the JSON lines on stdin (the table scripts' DRY_RUN)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of solo-ema-report."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.tag is not None:
+            tag(args.tag[0], args.tag[1], sys.stdin, sys.stdout)
+            return 0
+        paper = load_paper(args.paper)
+        known = list(dict.fromkeys(p["table"] for p in paper))
+        tables = known if not args.table else list(dict.fromkeys(canonical_table(t, known) for t in args.table))
+        lines = compare(paper, args.log_dir, tables)
+        sys.stdout.write(format_markdown(lines, tables))
+        if args.csv:
+            write_csv(lines, args.csv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
