@@ -14,7 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.cost import cost_of
+from .data.datasets import UnreadableImageError
 from .ema import EMASpecError, parse_ema_spec, valid_names
+from .engine.reliability import NonFiniteLossError
 from .errors import UsageError
 
 PROG = "solo-ema-pretrain"
@@ -153,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--wandb", action="store_true", help="also log to W&B (WANDB_MODE=offline works)")
     a("--save_checkpoint", action="store_true")
     a("--checkpoint_dir", default=None, help="default: <log_dir>/<name>/checkpoints")
-    a("--auto_resume", action="store_true")
+    a("--checkpoint_frequency", type=int, default=1, metavar="N", help="save a checkpoint every N epochs")
+    a("--checkpoint_every_n_steps", type=int, default=None, metavar="N",
+      help="also save every N optimizer steps (last.ckpt is replaced atomically)")
+    a("--auto_resume", action="store_true", help="resume from <checkpoint_dir>/last.ckpt of this run name if it exists")
+    a("--resume_from_checkpoint", default=None, metavar="PATH", help="resume from this checkpoint")
     a("--seed", type=int, default=5)
     a("--limit_val_batches", type=float, default=1.0)
     a("--check_val_every_n_epoch", type=int, default=1)
@@ -230,6 +236,11 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     for flag in ("lr", "classifier_lr", "weight_decay", "min_lr", "warmup_start_lr", "eta_lars"):
         _check(getattr(args, flag) >= 0, f"--{flag}", f"must be >= 0, got {getattr(args, flag)}")
     _check(args.batch_size > 0, "--batch_size", f"must be > 0, got {args.batch_size}")
+    _check(args.checkpoint_frequency > 0, "--checkpoint_frequency", f"must be > 0, got {args.checkpoint_frequency}")
+    _check(args.checkpoint_every_n_steps is None or args.checkpoint_every_n_steps > 0, "--checkpoint_every_n_steps",
+           f"must be > 0, got {args.checkpoint_every_n_steps}")
+    _check(args.resume_from_checkpoint is None or Path(args.resume_from_checkpoint).is_file(),
+           "--resume_from_checkpoint", f"no checkpoint file at '{args.resume_from_checkpoint}'")
     _check(args.max_epochs > 0 or args.max_steps > 0, "--max_epochs", "give --max_epochs > 0 or --max_steps > 0")
     _check(args.grad_monitor_interval > 0, "--grad_monitor_interval", f"must be > 0, got {args.grad_monitor_interval}")
     _check(args.track_weights_interval > 0, "--track_weights_interval",
@@ -335,10 +346,18 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
             "enabled": args.save_checkpoint,
             "dir": args.checkpoint_dir or os.path.join(args.log_dir, name, "checkpoints"),
             "auto_resume": args.auto_resume,
+            "frequency": args.checkpoint_frequency,
+            "every_n_steps": args.checkpoint_every_n_steps,
+            "resume_from": args.resume_from_checkpoint,
         },
         "debug": args.debug,
         "dry_run": args.dry_run,
     }
+    low, high = method_cls.large_crops
+    _check(low <= large and (high is None or large <= high), "--num_crops_per_aug",
+           f"{args.method} needs {low if high == low else f'at least {low}'} large crops, got {large}")
+    _check(method_cls.small_crops or sum(crops) == large, "--num_crops_per_aug",
+           f"{args.method} takes no small crops, got {sum(crops) - large}")
     cfg = OmegaConf.create(cfg)
     try:
         cfg = method_cls.add_and_assert_specific_cfg(cfg)
@@ -381,6 +400,7 @@ def build_model(cfg: DictConfig, device: str | None = None):
 def check_data(cfg: DictConfig) -> None:
     """Fail early, with the path, when the training data cannot be read."""
     from .data import check_image_folder
+    from .data.datasets import verify_image_headers
 
     dataset, path = cfg.data.dataset, cfg.data.train_path
     if dataset == "custom":
@@ -390,6 +410,10 @@ def check_data(cfg: DictConfig) -> None:
             check_image_folder(path)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir: {exc}") from None
+        try:
+            verify_image_headers(path)
+        except UnreadableImageError as exc:
+            raise UsageError(str(exc)) from None
     elif dataset in IMAGENET_DATASETS:
         _check_imagenet(cfg)
     elif dataset == "fashion_mnist":
@@ -454,6 +478,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except UnreadableImageError as exc:
+        if debug:
+            raise
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]  # a worker's error carries its traceback
+        message = lines[-1].split("UnreadableImageError: ", 1)[-1] if lines else str(exc)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        if debug:
+            raise
+        ckpt = Path(cfg.checkpoint.dir) / "last.ckpt"
+        kept = f"; last good checkpoint: {ckpt}" if cfg.checkpoint.enabled and ckpt.exists() else ""
+        print(f"{PROG}: error: {exc}{kept}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

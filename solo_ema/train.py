@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.callbacks import CostLogger, analysis_callbacks
@@ -18,6 +18,7 @@ from .analysis.cost import cost_of, format_cost
 from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
 from .engine.callbacks import StepTimer
+from .engine.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumableCSVLogger, RNGState
 from .errors import UsageError
 from .pretrain import build_model
 
@@ -72,17 +73,34 @@ def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.u
     return train, val
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
-    """A Lightning Trainer with a CSV logger in run_dir (and W&B when asked)."""
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="")]
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: --resume_from_checkpoint, else the run's last.ckpt with --auto_resume."""
+    if cfg.checkpoint.get("resume_from"):
+        return str(cfg.checkpoint.resume_from)
+    last = Path(cfg.checkpoint.dir) / "last.ckpt"
+    return str(last) if cfg.checkpoint.auto_resume and last.exists() else None
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, resuming: bool = False) -> pl.Trainer:
+    """A Lightning Trainer with a CSV logger in run_dir (and W&B when asked), atomic checkpoints, RNG state."""
+    loggers: list[Any] = [
+        ResumableCSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="", append=resuming)
+    ]
     if cfg.logging.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(name=cfg.name, project=cfg.logging.project, save_dir=str(run_dir)))
-    callbacks = [*callbacks, TQDMProgressBar(refresh_rate=1)]
+    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(), TQDMProgressBar(refresh_rate=1)]
     if cfg.checkpoint.enabled:
-        callbacks.append(ModelCheckpoint(dirpath=cfg.checkpoint.dir, save_last=True, save_top_k=0))
+        every = cfg.checkpoint.get("every_n_steps")
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=cfg.checkpoint.dir, filename="{epoch}-{step}", save_last=True, save_top_k=0,
+                every_n_epochs=None if every else cfg.checkpoint.get("frequency", 1), every_n_train_steps=every,
+            )
+        )
     return pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
         devices=cfg.devices,
@@ -108,7 +126,17 @@ def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     """Pretrain one method from a resolved config; metrics go to <log_dir>/<name>/metrics.csv."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.logging.log_dir) / cfg.name
+    fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit(cfg, run_dir, extra_callbacks)
+    except BaseException:
+        if fresh and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that failed before its first step leaves nothing
+        raise
+
+
+def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None) -> RunResult:
     cost = cost_of(cfg)
     print(format_cost(cost), flush=True)
     train_loader, val_loader = build_loaders(cfg)
@@ -121,13 +149,12 @@ def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     except TrackWeightsError as exc:
         raise UsageError(f"--track_weights: {exc}") from None
     cost_logger = CostLogger(cost, timer)
-    trainer = build_trainer(cfg, [timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir)
+    ckpt = resume_checkpoint(cfg)
+    trainer = build_trainer(
+        cfg, [timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir, resuming=ckpt is not None
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))
-    ckpt = None
-    if cfg.checkpoint.auto_resume:
-        last = Path(cfg.checkpoint.dir) / "last.ckpt"
-        ckpt = str(last) if last.exists() else None
     trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
     cost = {**cost_logger.cost, **cost_logger.measured(trainer.num_training_batches)}
     print(format_cost(cost), flush=True)

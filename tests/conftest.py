@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,10 @@ import torch
 from torch import nn
 
 from solo_ema.pretrain import build_cfg, build_model
+
+# Tiny tensors gain nothing from several threads and lose a lot on a loaded machine; subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 # The small heads keep a BYOL step on 16x16 images well under a second on two CPU cores.
 SMALL_HEADS = ["--proj_hidden_dim", "64", "--pred_hidden_dim", "64", "--proj_output_dim", "32"]

@@ -318,6 +318,28 @@ def check_image_folder(root: str | os.PathLike) -> list[str]:
     return classes
 
 
+def verify_image_headers(root: str | os.PathLike, limit: int = 50_000) -> int:
+    """Open the header of every image under root (up to `limit` files); UnreadableImageError names a bad one.
+
+    Returns the number of files checked (0 when the folder holds more than `limit` images: large datasets
+    are checked as they are read instead, which also names the file).
+    """
+    extensions = tuple(IMG_EXTENSIONS)
+    paths = [
+        os.path.join(d, f) for d, _, files in os.walk(root, followlinks=True) for f in files
+        if f.lower().endswith(extensions)
+    ]
+    if len(paths) > limit:
+        return 0
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 (parsing the header is the check)
+        except Exception as exc:
+            raise UnreadableImageError(f"cannot read image {path}: {exc}", path) from None
+    return len(paths)
+
+
 def build_dataset(
     name: str,
     root: str | os.PathLike | None,

@@ -37,6 +37,9 @@ def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
 class BaseMethod(pl.LightningModule):
     """Backbone + online linear classifier on detached features; subclasses add heads and an SSL loss."""
 
+    large_crops: tuple[int, int | None] = (2, None)  # (min, max) number of large crops the loss accepts
+    small_crops: bool = True  # whether the loss accepts small (multi-crop) views
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
         cfg = self.add_and_assert_specific_cfg(cfg)
@@ -55,6 +58,8 @@ class BaseMethod(pl.LightningModule):
         self.knn_bank = KNNBank(max_size=cfg.knn_eval.max_train) if cfg.knn_eval.enabled else None
         self.knn_val = KNNBank() if cfg.knn_eval.enabled else None
         self.validation_step_outputs: list[dict[str, Any]] = []
+        # BN1 of the paper's Table C.8: BatchNorm on the backbone output, before the projector only
+        self.feats_bn = nn.BatchNorm1d(self.features_dim) if cfg.method_kwargs.bn_backbone_out else None
         self.build_heads()
 
     # configuration -----------------------------------------------------------------------------
@@ -91,6 +96,8 @@ class BaseMethod(pl.LightningModule):
         cfg_default(cfg, "knn_eval.max_train", 50000)
         cfg_default(cfg, "performance.disable_channel_last", False)
         cfg_default(cfg, "method_kwargs", {})
+        cfg_default(cfg, "method_kwargs.bn_backbone_out", False)
+        cfg_default(cfg, "method_kwargs.bn_projector_out", False)
         return cfg
 
     def build_heads(self) -> None:
@@ -98,7 +105,21 @@ class BaseMethod(pl.LightningModule):
 
     def feature_stages(self) -> list[str]:
         """Module paths run on the backbone output before the projector (e.g. a BatchNorm)."""
-        return []
+        return ["feats_bn"] if self.feats_bn is not None else []
+
+    def project_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the projector sees: the backbone features, through BN1 when ``bn_backbone_out`` is set."""
+        return self.feats_bn(feats) if self.feats_bn is not None else feats
+
+    def with_projector_bn(self, projector: nn.Sequential, dim: int) -> nn.Sequential:
+        """Append BN2 (``bn_out``, a BatchNorm1d(dim)) to a projector when ``bn_projector_out`` is set.
+
+        BN2 of the paper's Table C.8 is the last layer of the projector, so it is part of the
+        projector's momentum copy.
+        """
+        if self.cfg.method_kwargs.bn_projector_out:
+            projector.add_module("bn_out", nn.BatchNorm1d(dim))
+        return projector
 
     def encoder_stages(self) -> list[Stage]:
         """The encoder (backbone, then projector) as ordered stages for partial EMA."""
@@ -106,8 +127,8 @@ class BaseMethod(pl.LightningModule):
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
-        """Parameter groups: backbone and classifier; subclasses append their heads."""
-        return [
+        """Parameter groups: backbone and classifier (and BN1); subclasses append their heads."""
+        params = [
             {"name": "backbone", "params": self.backbone.parameters()},
             {
                 "name": "classifier",
@@ -116,6 +137,9 @@ class BaseMethod(pl.LightningModule):
                 "weight_decay": 0.0,
             },
         ]
+        if self.feats_bn is not None:
+            params.append({"name": "feats_bn", "params": self.feats_bn.parameters()})
+        return params
 
     def configure_optimizers(self):
         """LARS or SGD over learnable_params, with a per-step warmup-cosine schedule."""

@@ -34,7 +34,9 @@ class BYOL(BaseMomentumMethod):
     def build_heads(self) -> None:
         """Projector Lin-BN-ReLU-Lin and predictor of the same shape."""
         k = self.cfg.method_kwargs
-        self.projector = mlp([self.features_dim, k.proj_hidden_dim, k.proj_output_dim])
+        self.projector = self.with_projector_bn(
+            mlp([self.features_dim, k.proj_hidden_dim, k.proj_output_dim]), k.proj_output_dim
+        )
         self.predictor = mlp([k.proj_output_dim, k.pred_hidden_dim, k.proj_output_dim])
 
     @property
@@ -48,13 +50,13 @@ class BYOL(BaseMomentumMethod):
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """Online features, logits, projection z and prediction p."""
         out = super().forward(X)
-        z = self.projector(out["feats"])
+        z = self.projector(self.project_input(out["feats"]))
         return {**out, "z": z, "p": self.predictor(z)}
 
     def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """Small crops: projection and prediction (they are students only)."""
         out = super().multicrop_forward(X)
-        z = self.projector(out["feats"])
+        z = self.projector(self.project_input(out["feats"]))
         return {**out, "z": z, "p": self.predictor(z)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:

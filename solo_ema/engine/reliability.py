@@ -1,0 +1,105 @@
+"""What a pre-emptible run needs: atomic checkpoints, RNG state in checkpoints, a CSV log that survives a
+resume, and a guard that stops at the first non-finite loss."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import tempfile
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside the target, then renames it over the target.
+
+    A crash mid-write leaves the previous checkpoint at the target path intact.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Save through a temporary file and an atomic os.replace."""
+        path = os.fspath(path)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+class RNGState(pl.Callback):
+    """Stores the Python, NumPy, torch (and CUDA) random states in checkpoints and restores them on resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current random states."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)  # loads weights_only
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the random states saved with the checkpoint."""
+        random.setstate(state_dict["python"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops the run at the first non-finite loss, before it reaches the weights (or a checkpoint)."""
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        """Raise NonFiniteLossError naming the step when the loss is not finite."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"loss is {loss.detach().float().item()} at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}); the run stopped before the update"
+            )
+
+
+class _AppendingWriter(ExperimentWriter):
+    """CSV writer that keeps an existing metrics.csv (a resumed run appends to it)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger; with ``append`` (a resumed run) it appends to metrics.csv instead of deleting it."""
+
+    def __init__(self, *args: Any, append: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.append = append
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """The writer (created on first use)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            writer = _AppendingWriter if self.append else ExperimentWriter
+            self._experiment = writer(log_dir=self.log_dir)
+        return self._experiment

@@ -1,0 +1,52 @@
+"""The solo-learn plug-in: partial-EMA variants of solo-learn's BYOL, DINO, MoCo v2+, ReSSL, SimCLR and SimSiam.
+
+Importing this package imports solo-learn and registers ``byol_ema``, ``dino_ema``, ``mocov2plus_ema``,
+``ressl_ema``, ``simclr_ema`` and ``simsiam_ema`` in ``solo.methods.METHODS``, so solo-learn's own
+``main_pretrain.py`` (or ``solo-ema-solo-pretrain``) can train them; the config key
+``momentum.parts`` chooses the EMA parts. Without solo-learn it raises a one-line ImportError that
+says how to install it. See docs/solo_learn.md.
+"""
+
+from ._require import INSTALL_HINT, launched_as_cli, solo_import_error
+
+_IMPORT_ERROR = solo_import_error()
+if _IMPORT_ERROR is not None and not launched_as_cli():
+    raise _IMPORT_ERROR
+
+from .plugin import (  # noqa: E402
+    PartialEMAMixin,
+    SimCLREMAMixin,
+    SimSiamEMAMixin,
+    build_ema_class,
+    build_ema_classes,
+    ema_name,
+)
+from .registry import EMA_METHODS, register  # noqa: E402
+
+#: the registered classes by name ('byol_ema', ...); empty only while the CLI reports a missing solo-learn
+CLASSES: dict[str, type] = register() if _IMPORT_ERROR is None else {}
+BYOLEMA = CLASSES.get("byol_ema")
+DINOEMA = CLASSES.get("dino_ema")
+MoCoV2PlusEMA = CLASSES.get("mocov2plus_ema")
+ReSSLEMA = CLASSES.get("ressl_ema")
+SimCLREMA = CLASSES.get("simclr_ema")
+SimSiamEMA = CLASSES.get("simsiam_ema")
+
+__all__ = [
+    "BYOLEMA",
+    "CLASSES",
+    "DINOEMA",
+    "EMA_METHODS",
+    "INSTALL_HINT",
+    "MoCoV2PlusEMA",
+    "PartialEMAMixin",
+    "ReSSLEMA",
+    "SimCLREMA",
+    "SimCLREMAMixin",
+    "SimSiamEMA",
+    "SimSiamEMAMixin",
+    "build_ema_class",
+    "build_ema_classes",
+    "ema_name",
+    "register",
+]

@@ -1,0 +1,50 @@
+"""Finding solo-learn: the one-line error when it is missing, and how the CLI was launched (no solo import here)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+INSTALL_HINT = "git clone https://github.com/vturrisi/solo-learn && pip install -e solo-learn"
+CLI_NAME = "solo-ema-solo-pretrain"
+CLI_MODULE = "solo_ema.solo.cli"
+
+
+def missing_message(err: BaseException | None = None) -> str:
+    """One line: solo-learn is missing (or failed to import) and how to install it from a checkout."""
+    name = getattr(err, "name", None) or ""
+    if isinstance(err, ModuleNotFoundError) and name and name != "solo" and not name.startswith("solo."):
+        return (
+            f"solo_ema.solo needs solo-learn, whose import failed (missing module '{name}'); "
+            f"install it with its requirements from a checkout: {INSTALL_HINT}"
+        )
+    if err is not None and not isinstance(err, ModuleNotFoundError):
+        reason = " ".join(str(err).split())
+        return (
+            f"solo_ema.solo needs solo-learn, whose import failed ({reason}); "
+            f"install it from a checkout: {INSTALL_HINT}"
+        )
+    return f"solo_ema.solo needs solo-learn, which is not installed; install it from a checkout: {INSTALL_HINT}"
+
+
+def solo_import_error() -> ImportError | None:
+    """None when ``solo.methods`` (and its base module) import; else the one-line ImportError to raise."""
+    try:
+        import solo.methods  # noqa: F401
+        import solo.methods.base  # noqa: F401
+    except ImportError as err:
+        return ImportError(missing_message(err))
+    return None
+
+
+def launched_as_cli() -> bool:
+    """True while the ``solo-ema-solo-pretrain`` script (or ``python -m solo_ema.solo.cli``) is starting.
+
+    The console script imports this package before its ``main`` can run; in that case the package
+    must not raise, so that ``main`` can look for a checkout, or print the one-line error and exit 2.
+    """
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if script.startswith(CLI_NAME):
+        return True
+    orig = list(getattr(sys, "orig_argv", []))
+    return any(a == "-m" and b == CLI_MODULE for a, b in zip(orig, orig[1:]))
