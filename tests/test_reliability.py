@@ -53,9 +53,15 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("extra", [["--ema_parts", "projector"]], ids=["byol-projector"])
+RESUME_CASES = {
+    "byol-projector": ["--ema_parts", "projector"],
+    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd"],
+}
+
+
+@pytest.mark.parametrize("extra", list(RESUME_CASES.values()), ids=list(RESUME_CASES))
 def test_resume_is_bitwise_exact(tmp_path: Path, extra: list[str]) -> None:
-    """N steps straight equal N/2 steps, stop, resume, N/2 steps: online, momentum and buffers bitwise."""
+    """N steps straight equal N/2 steps, stop, resume, N/2 steps: online, momentum, queue, buffers bitwise."""
     data = image_folder(tmp_path / "data")
     torch.use_deterministic_algorithms(True)
     try:
@@ -73,6 +79,8 @@ def test_resume_is_bitwise_exact(tmp_path: Path, extra: list[str]) -> None:
     assert int(b["ema.num_updates"]) == 4
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"differ after resume: {different[:5]}"
+    if "queue" in a:
+        assert int(b["queue_ptr"]) == 0 and not torch.equal(b["queue"], _state(first.model)["queue"])
     momentum = [k for k in a if k.startswith("ema.copies.")]
     assert momentum and all(torch.equal(a[k], b[k]) for k in momentum)
     metrics = (tmp_path / "runs" / "split" / "metrics.csv").read_text().splitlines()

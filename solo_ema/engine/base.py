@@ -15,6 +15,7 @@ from torch import nn
 from ..ema import PartialEMA, Stage, check_taus, parse_ema_spec, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
+from .distributed import gather_uneven
 from .knn import KNNBank, knn_accuracy
 from .lars import LARS
 from .schedule import SCHEDULERS, build_scheduler
@@ -240,11 +241,13 @@ class BaseMethod(pl.LightningModule):
             means = {k: sum(float(o[k]) * o["batch_size"] for o in outputs) / total for k in keys}
             self.log_dict(means, sync_dist=True)
         if self.knn_bank is not None and self.knn_val is not None and len(self.knn_val) and len(self.knn_bank):
+            banks = [self.knn_bank.features(), self.knn_bank.labels(), self.knn_val.features(), self.knn_val.labels()]
+            bank, bank_y, val, val_y = (gather_uneven(self, t.to(self.device)).cpu() for t in banks)
             acc1, acc5 = knn_accuracy(
-                self.knn_bank.features(),
-                self.knn_bank.labels(),
-                self.knn_val.features(),
-                self.knn_val.labels(),
+                bank,
+                bank_y,
+                val,
+                val_y,
                 self.num_classes,
                 k=self.cfg.knn_eval.k,
                 temperature=self.cfg.knn_eval.temperature,

@@ -14,7 +14,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
-from .common import all_reduce_sum, world_size
+from ..engine.distributed import all_reduce_sum, world_size
 
 
 class L2Norm(nn.Module):

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default, cfg_get
-from .common import check_queue_size, gather
+from ..engine.distributed import check_queue_size, gather
 from .heads import mlp
 
 

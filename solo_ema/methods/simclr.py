@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
-from .common import gather
+from ..engine.distributed import gather
 from .heads import mlp
 
 

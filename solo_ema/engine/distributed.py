@@ -1,4 +1,4 @@
-"""Helpers shared by the methods: process-group queries and gathers that are no-ops on one process."""
+"""Process-group helpers (no-ops on one process): world size, gathers, all-reduce, the queue-size check."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def check_queue_size(queue_size: int, cfg_batch: int, devices: int, num_nodes: i
             f"queue_size ({queue_size}) must be a positive multiple of the global batch size "
             f"({global_batch} = batch_size {cfg_batch} x devices {devices} x num_nodes {num_nodes})"
         )
+
+
+def gather_uneven(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x (batch first) over processes when the batch sizes may differ (e.g. kNN banks)."""
+    if world_size() == 1:
+        return x
+    size = torch.tensor([x.size(0)], device=x.device)
+    sizes = module.all_gather(size).flatten().tolist()
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.size(0)] = x
+    gathered = module.all_gather(padded)
+    return torch.cat([gathered[i, :n] for i, n in enumerate(sizes)])
