@@ -36,7 +36,7 @@ setup(
             "solo-ema-plot=solo_ema.plot:main",
             "solo-ema-report=solo_ema.report:main",
             "solo-ema-linear=solo_ema.linear:main",
-            "solo-ema-solo-pretrain=solo_ema.solo.cli:main",
+            "solo-ema-solo-pretrain=solo_ema.solo_pretrain:main",
         ]
     },
 )

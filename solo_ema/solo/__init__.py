@@ -7,10 +7,10 @@ Importing this package imports solo-learn and registers ``byol_ema``, ``dino_ema
 says how to install it. See docs/solo_learn.md.
 """
 
-from ._require import INSTALL_HINT, launched_as_cli, solo_import_error
+from ..solo_learn_check import INSTALL_HINT, solo_import_error
 
 _IMPORT_ERROR = solo_import_error()
-if _IMPORT_ERROR is not None and not launched_as_cli():
+if _IMPORT_ERROR is not None:
     raise _IMPORT_ERROR
 
 from .plugin import (  # noqa: E402
@@ -23,8 +23,8 @@ from .plugin import (  # noqa: E402
 )
 from .registry import EMA_METHODS, register  # noqa: E402
 
-#: the registered classes by name ('byol_ema', ...); empty only while the CLI reports a missing solo-learn
-CLASSES: dict[str, type] = register() if _IMPORT_ERROR is None else {}
+#: the registered classes by name ('byol_ema', ...)
+CLASSES: dict[str, type] = register()
 BYOLEMA = CLASSES.get("byol_ema")
 DINOEMA = CLASSES.get("dino_ema")
 MoCoV2PlusEMA = CLASSES.get("mocov2plus_ema")

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ..ema import PartialEMA, parse_ema_spec, resnet_stages, spec_paths
-from ..methods.common import gather
+from ..engine.distributed import gather
 from ..methods.simclr import nt_xent
 from ..methods.simsiam import simsiam_loss
 

@@ -13,7 +13,7 @@ _BUILT: dict[tuple[str, type, type], type] = {}
 
 
 def _solo_defaults() -> tuple[MutableMapping[str, type], type]:
-    from ._require import solo_import_error
+    from ..solo_learn_check import solo_import_error
 
     error = solo_import_error()
     if error is not None:

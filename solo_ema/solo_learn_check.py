@@ -1,13 +1,9 @@
-"""Finding solo-learn: the one-line error when it is missing, and how the CLI was launched (no solo import here)."""
+"""Whether solo-learn can be imported, and the one-line error that says how to install it (imports no solo)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 INSTALL_HINT = "git clone https://github.com/vturrisi/solo-learn && pip install -e solo-learn"
 CLI_NAME = "solo-ema-solo-pretrain"
-CLI_MODULE = "solo_ema.solo.cli"
 
 
 def missing_message(err: BaseException | None = None) -> str:
@@ -35,16 +31,3 @@ def solo_import_error() -> ImportError | None:
     except ImportError as err:
         return ImportError(missing_message(err))
     return None
-
-
-def launched_as_cli() -> bool:
-    """True while the ``solo-ema-solo-pretrain`` script (or ``python -m solo_ema.solo.cli``) is starting.
-
-    The console script imports this package before its ``main`` can run; in that case the package
-    must not raise, so that ``main`` can look for a checkout, or print the one-line error and exit 2.
-    """
-    script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if script.startswith(CLI_NAME):
-        return True
-    orig = list(getattr(sys, "orig_argv", []))
-    return any(a == "-m" and b == CLI_MODULE for a, b in zip(orig, orig[1:]))

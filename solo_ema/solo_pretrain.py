@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._require import CLI_NAME, INSTALL_HINT, solo_import_error
+from .solo_learn_check import CLI_NAME, INSTALL_HINT, solo_import_error
 
 ROOT_ENV = "SOLO_LEARN_ROOT"
 ENTRY_FILE = "main_pretrain.py"
@@ -135,9 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"{CLI_NAME}: {err}", file=sys.stderr)
         return 2
-    from .registry import register
-
-    register()
+    from . import solo  # noqa: F401 (importing the plug-in registers the *_ema methods in solo-learn)
     args = absolute_config_paths(args, os.getcwd())
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))

@@ -1,0 +1,381 @@
+"""The solo-learn plug-in against a real solo-learn (skipped where solo-learn is not installed, e.g. in CI).
+
+Fits of one step on fake data in the style of solo-learn's own method tests (torchvision FakeData
+through solo-learn's augmentation pipeline, fast_dev_run on CPU), the backbone-forward count, the
+EMA update, gradients, the equality of the projector-only target with solo-learn's own momentum path
+when its momentum backbone equals the online one, the shipped YAML configs, and the console entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "solo.methods",
+    reason="solo-learn is not installed: git clone https://github.com/vturrisi/solo-learn && pip install -e solo-learn",
+)
+
+from lightning.pytorch import Trainer  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from solo.data.pretrain_dataloader import (  # noqa: E402
+    FullTransformPipeline,
+    NCropAugmentation,
+    build_transform_pipeline,
+    dataset_with_index,
+    prepare_dataloader,
+)
+from solo.methods import METHODS  # noqa: E402
+from solo.methods.base import BaseMomentumMethod  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import transforms  # noqa: E402
+from torchvision.datasets import FakeData  # noqa: E402
+
+import solo_ema.solo as plugin  # noqa: E402
+from solo_ema.solo.plugin import HEADS, SOLO_MOMENTUM_MODULES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "solo_configs" / "pretrain"
+METHOD_NAMES = tuple(HEADS)
+MOMENTUM_METHODS = ("byol", "dino", "mocov2plus", "ressl")
+SPECS = ("all", "projector", "block4+projector", "none")
+BATCH = 4
+# small heads keep each fit to a few seconds on two CPU cores
+METHOD_KWARGS = {
+    "byol": {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 64},
+    "dino": {"proj_hidden_dim": 64, "proj_output_dim": 32, "num_prototypes": 64},
+    "mocov2plus": {"proj_hidden_dim": 64, "proj_output_dim": 32, "temperature": 0.2, "queue_size": 32},
+    "ressl": {
+        "proj_hidden_dim": 64,
+        "proj_output_dim": 32,
+        "temperature_q": 0.1,
+        "temperature_k": 0.04,
+        "queue_size": 32,
+    },
+    "simclr": {"proj_hidden_dim": 64, "proj_output_dim": 32, "temperature": 0.2},
+    "simsiam": {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 16},
+}
+
+
+def make_cfg(method: str, parts: str | None = None, dataset: str = "custom", momentum: bool = True):
+    """A solo-learn cfg as its tests build it (resnet18; 'custom' = ImageNet stem, 'cifar10' = CIFAR stem)."""
+    base = method.removesuffix("_ema")
+    cfg = {
+        "name": "test",
+        "method": method,
+        "backbone": {"name": "resnet18"},
+        "data": {"dataset": dataset, "num_large_crops": 2, "num_small_crops": 0, "num_classes": 10},
+        "optimizer": {
+            "name": "sgd",
+            "batch_size": BATCH,
+            "lr": 0.1,
+            "classifier_lr": 0.1,
+            "weight_decay": 1e-5,
+            "kwargs": {"momentum": 0.9},
+        },
+        "scheduler": {"name": "warmup_cosine"},
+        "max_epochs": 1,
+        "devices": 1,
+        "accelerator": "cpu",
+        "method_kwargs": dict(METHOD_KWARGS[base]),
+    }
+    if momentum:
+        cfg["momentum"] = {"base_tau": 0.99, "final_tau": 1.0, "classifier": True}
+        if parts is not None:
+            cfg["momentum"]["parts"] = parts
+    cfg = OmegaConf.create(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def make_loaders(dataset: str = "custom"):
+    """Two 32 px crops per image through solo-learn's own pipeline; a 32 px validation set."""
+    aug = OmegaConf.create(
+        {
+            "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+            "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+            "grayscale": {"prob": 0.2},
+            "gaussian_blur": {"prob": 0.0},
+            "solarization": {"prob": 0.2},
+            "equalization": {"prob": 0.0},
+            "horizontal_flip": {"prob": 0.5},
+            "crop_size": 32,
+            "num_crops": 2,
+        }
+    )
+    transform = FullTransformPipeline([NCropAugmentation(build_transform_pipeline(dataset, aug), 2)])
+    train = dataset_with_index(FakeData)(size=4 * BATCH, image_size=(3, 32, 32), num_classes=10, transform=transform)
+    val = FakeData(size=BATCH, image_size=(3, 32, 32), num_classes=10, transform=transforms.ToTensor())
+    return prepare_dataloader(train, batch_size=BATCH, num_workers=0), DataLoader(val, batch_size=BATCH)
+
+
+def fit_one_step(model, dataset: str = "custom") -> None:
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        fast_dev_run=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    train, val = make_loaders(dataset)
+    trainer.fit(model, train, val)
+
+
+def count_forwards(module: torch.nn.Module, counts: dict[str, int]) -> None:
+    def hook(mod, _args, _out):
+        counts["train" if mod.training else "eval"] += 1
+
+    module.register_forward_hook(hook)
+
+
+def random_batch(size: int = 32):
+    g = torch.Generator().manual_seed(0)
+    crops = [torch.randn(BATCH, 3, size, size, generator=g) for _ in range(2)]
+    return [torch.arange(BATCH), crops, torch.randint(0, 10, (BATCH,), generator=g)]
+
+
+# -------------------------------------------------------------------------------------------------------------------
+def test_registered_in_solo_methods():
+    for method in METHOD_NAMES:
+        cls = METHODS[f"{method}_ema"]
+        assert issubclass(cls, METHODS[method]) and issubclass(cls, BaseMomentumMethod)
+        assert cls is plugin.CLASSES[f"{method}_ema"]
+    assert plugin.register() == plugin.CLASSES
+
+
+@pytest.mark.parametrize("parts", SPECS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_fit_one_step(method: str, parts: str):
+    model = METHODS[f"{method}_ema"](make_cfg(f"{method}_ema", parts))
+    assert model.cfg.momentum.parts == parts
+    assert not any(name in model._modules for name in SOLO_MOMENTUM_MODULES)
+    online = {"train": 0, "eval": 0}
+    count_forwards(model.backbone, online)
+    copies = {path: {"train": 0, "eval": 0} for path in model.ema.paths}
+    for path, counts in copies.items():  # the target pass runs a copy stage by stage: count its first layer
+        first = next(m for m in model.ema.copy_of(path).modules() if list(m.parameters(recurse=False)))
+        count_forwards(first, counts)
+    pairs = model.momentum_pairs
+    before = [[p.detach().clone() for p in o.parameters()] for o, _ in pairs]
+    for (_, m), init in zip(pairs, before):
+        assert all(torch.equal(a, b) for a, b in zip(init, m.parameters()))  # copies start as exact copies
+
+    fit_one_step(model)
+
+    # one online backbone pass per crop (2 large crops) and per validation batch; no second backbone
+    assert online == {"train": 2, "eval": 1}
+    assert all(c == {"train": 2, "eval": 1} for c in copies.values()), copies
+    if parts in ("projector", "none"):
+        assert not any(p.startswith("backbone") for p in model.ema.paths)
+    # the EMA update ran once with base_tau on exactly the EMA parts; no gradient reached the copies
+    tau = model.cfg.momentum.base_tau
+    assert int(model.ema.num_updates) == 1 and model.ema.last_tau == tau
+    moved = False
+    for (o, m), init in zip(model.momentum_pairs, before):
+        for p0, po, pm in zip(init, o.parameters(), m.parameters()):
+            torch.testing.assert_close(pm, tau * p0 + (1 - tau) * po.detach(), rtol=1e-5, atol=1e-6)
+            moved |= not torch.equal(p0, po)
+    assert moved or parts == "none"
+    for p in model.ema.copies.parameters():
+        assert not p.requires_grad and p.grad is None
+
+
+def test_fit_with_cifar_stem():
+    model = METHODS["byol_ema"](make_cfg("byol_ema", "block4+projector", dataset="cifar10"))
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    online = {"train": 0, "eval": 0}
+    count_forwards(model.backbone, online)
+    fit_one_step(model, dataset="cifar10")
+    assert online == {"train": 2, "eval": 1}
+
+
+def _same_weights(stock, ema, perturb_backbone: bool) -> None:
+    """Give the _ema model the stock model's online weights and its momentum modules as EMA copies."""
+    head = ema._head
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        momentum_modules = [getattr(stock, f"momentum_{head}")] + (
+            [stock.momentum_backbone] if perturb_backbone else []
+        )
+        for module in momentum_modules:
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    missing, unexpected = ema.load_state_dict(stock.state_dict(), strict=False)
+    assert all(k.startswith("ema.") for k in missing), missing
+    assert all(k.startswith("momentum_") and not k.startswith("momentum_classifier") for k in unexpected)
+    sources = {"backbone": stock.momentum_backbone, head: getattr(stock, f"momentum_{head}")}
+    for path in ema.ema.paths:
+        ema.ema.copy_of(path).load_state_dict(sources[path].state_dict())
+
+
+@pytest.mark.parametrize("parts", ["projector", "all"])
+@pytest.mark.parametrize("method", MOMENTUM_METHODS)
+def test_targets_match_solo_learns_momentum_path(method: str, parts: str):
+    """With solo-learn's momentum backbone equal to the online one, the projector-only target is solo-learn's."""
+    stock = METHODS[method](make_cfg(method))
+    ema = METHODS[f"{method}_ema"](make_cfg(f"{method}_ema", parts))
+    _same_weights(stock, ema, perturb_backbone=parts == "all")
+    batch = random_batch()
+    out_stock = BaseMomentumMethod.training_step(stock, batch, 0)
+    out_ema = BaseMomentumMethod.training_step(ema, batch, 0)
+    for key in ("momentum_z", "momentum_feats", "z"):
+        for a, b in zip(out_stock[key], out_ema[key]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out_ema["momentum_z"][0], out_ema["z"][0], atol=1e-3)  # the target is not the online z
+    loss_stock, loss_ema = stock.training_step(batch, 0), ema.training_step(batch, 0)
+    torch.testing.assert_close(loss_stock, loss_ema, rtol=1e-5, atol=1e-6)
+    loss_ema.backward()
+    assert all(p.grad is None for p in ema.ema.copies.parameters())
+    assert ema.backbone.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("parts", ["none", "projector", "all"])
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_simclr_simsiam_match_solo_learn_at_initialisation(method: str, parts: str):
+    """Copies equal to the online parts: the EMA loss has solo-learn's value (its gradient differs unless 'none')."""
+    stock = METHODS[method](make_cfg(method, momentum=False))
+    ema = METHODS[f"{method}_ema"](make_cfg(f"{method}_ema", parts))
+    missing, unexpected = ema.load_state_dict(stock.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("ema.", "momentum_classifier")) for k in missing)
+    for online, momentum in ema.momentum_pairs:
+        momentum.load_state_dict(online.state_dict())
+    ema.momentum_classifier = (
+        None  # solo-learn's SimCLR / SimSiam have none: compare the SSL + online classifier losses
+    )
+    batch = random_batch()
+    loss_stock, loss_ema = stock.training_step(batch, 0), ema.training_step(batch, 0)
+    torch.testing.assert_close(loss_stock, loss_ema, rtol=1e-5, atol=1e-5)
+    loss_ema.backward()
+    assert all(p.grad is None for p in ema.ema.copies.parameters())
+    if parts != "none":
+        projector_grads = [p.grad for p in ema.projector.parameters() if p.requires_grad]
+        assert all(g is not None for g in projector_grads)
+
+
+def test_momentum_forward_without_cache_leaves_online_batchnorm_alone():
+    """A direct momentum_forward (no online pass before it) runs the shared stages without touching their BN stats."""
+    model = METHODS["byol_ema"](make_cfg("byol_ema", "block4+projector"))
+    x = random_batch()[1][0]
+    buffers = {k: v.clone() for k, v in model.backbone.named_buffers()}
+    direct = model.momentum_forward(x)
+    assert all(torch.equal(v, dict(model.backbone.named_buffers())[k]) for k, v in buffers.items())
+    model.base_training_step(x, torch.zeros(BATCH, dtype=torch.long))
+    cached = model.momentum_forward(x)
+    torch.testing.assert_close(direct["z"], cached["z"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(direct["feats"], cached["feats"], rtol=1e-5, atol=1e-5)
+    assert not model._target_cache
+
+
+def test_checkpoint_keys():
+    stock, ema = METHODS["byol"](make_cfg("byol")), METHODS["byol_ema"](make_cfg("byol_ema", "block4+projector"))
+    keys_stock, keys_ema = stock.state_dict(), ema.state_dict()
+    backbone = {k: v.shape for k, v in keys_stock.items() if k.startswith("backbone.")}
+    assert backbone == {k: v.shape for k, v in keys_ema.items() if k.startswith("backbone.")}
+    assert not any(k.startswith(SOLO_MOMENTUM_MODULES) for k in keys_ema)
+    copies = {k.split(".")[2] for k in keys_ema if k.startswith("ema.copies.")}
+    assert copies == {"backbone", "projector"} and any(k.startswith("ema.copies.backbone.layer4.") for k in keys_ema)
+    assert not any(k.startswith("ema.copies.backbone.layer3.") for k in keys_ema)
+    # half of the backbone's weights are not kept twice: only layer4 (8.4M of 11.2M parameters) is
+    assert ema.ema.num_momentum_params() < sum(p.numel() for p in stock.momentum_backbone.parameters())
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.glob("*/*_ema_projector.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_shipped_configs(path: Path):
+    hydra = pytest.importorskip("hydra")
+    from solo.args.pretrain import parse_cfg
+
+    with hydra.initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
+        cfg = hydra.compose(config_name=path.name)
+    OmegaConf.set_struct(cfg, False)
+    cfg = parse_cfg(cfg)
+    method = path.name.removesuffix("_projector.yaml")
+    assert cfg.method == method and method in METHODS
+    assert cfg.momentum.parts == "projector" and cfg.data.num_large_crops == 2 and cfg.data.num_small_crops == 0
+    model = METHODS[cfg.method](cfg)
+    assert model.ema.paths == [HEADS[method.removesuffix("_ema")]]
+
+
+def test_console_entry_runs_solo_learns_main_pretrain(tmp_path: Path):
+    """The CLI with a shipped config and a relative --config-path on an image folder: one epoch, a checkpoint."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(BATCH):
+            pixels = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "train" / cls / f"{i}.png")
+    config_path = os.path.relpath(CONFIGS / "cifar", tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "solo_ema.solo_pretrain",
+        "--config-path",
+        config_path,
+        "--config-name",
+        "simclr_ema_projector.yaml",
+        "++data.dataset=custom",
+        f"++data.train_path={tmp_path / 'train'}",
+        "++data.val_path=null",
+        "++data.num_workers=0",
+        f"++optimizer.batch_size={BATCH}",
+        "++method_kwargs.proj_hidden_dim=64",
+        "++max_epochs=1",
+        "++accelerator=cpu",
+        '++devices="1"',
+        "++strategy=auto",
+        "++precision=32",
+        "++sync_batchnorm=False",
+        f"++checkpoint.dir={tmp_path / 'ckpt'}",
+        "++auto_resume.enabled=False",
+        "++enable_progress_bar=False",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (ckpt,) = (tmp_path / "ckpt" / "simclr_ema").rglob("*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert "backbone.conv1.weight" in state and "ema.copies.projector.0.weight" in state
+    assert not any(k.startswith(("momentum_backbone.", "momentum_projector.")) for k in state)
+    args = json.loads((ckpt.parent / "args.json").read_text())
+    assert args["method"] == "simclr_ema" and args["momentum"]["parts"] == "projector"
+
+
+def test_capture_survives_sync_batchnorm_conversion():
+    """sync_batchnorm (set in every shipped yaml) replaces BN modules; the capture hooks sit on containers."""
+    model = METHODS["byol_ema"](make_cfg("byol_ema", "block4+projector"))
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted is model and isinstance(model.backbone.bn1, torch.nn.SyncBatchNorm)
+    assert isinstance(model.ema.copy_of("backbone.layer4")[0].bn1, torch.nn.SyncBatchNorm)
+    x = random_batch()[1][0]
+    model.base_training_step(x, torch.zeros(BATCH, dtype=torch.long))
+    captured = model._target_cache[id(x)][1]
+    assert captured["input"].shape == (BATCH, 256, 2, 2) and not captured["input"].requires_grad
+    assert model.momentum_forward(x)["z"].shape == (BATCH, METHOD_KWARGS["byol"]["proj_output_dim"])
+
+
+def test_small_crops_are_students_only():
+    """BYOL multicrop: small crops run online only; their captures never reach a target pass."""
+    cfg = make_cfg("byol_ema", "projector")
+    cfg.data.num_small_crops = 2
+    model = METHODS["byol_ema"](cfg)
+    online = {"train": 0, "eval": 0}
+    count_forwards(model.backbone, online)
+    batch = random_batch()
+    batch[1] += [torch.randn(BATCH, 3, 16, 16) for _ in range(2)]
+    outs = BaseMomentumMethod.training_step(model, batch, 0)
+    assert online["train"] == 4 and len(outs["p"]) == 4 and len(outs["momentum_z"]) == 2
+    assert not model._target_cache
+    for z_online, z_target in zip(outs["z"][:2], outs["momentum_z"]):
+        torch.testing.assert_close(z_online.detach(), z_target)  # copy == online projector at initialisation
+    assert torch.isfinite(model.training_step(batch, 0))
