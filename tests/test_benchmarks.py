@@ -1,0 +1,33 @@
+"""Smoke test of the step-cost benchmark: it runs, and its numbers have the shape the performance claims need."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
+
+
+def test_step_cost_tiny_reports_every_placement(tmp_path: Path) -> None:
+    """--tiny: one row per placement; projector keeps fewer momentum params and FLOPs than all, none keeps 0."""
+    out = tmp_path / "cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--no_memory", "--device", "cpu",
+         "--placements", "all,block4+projector,projector,none", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {r["placement"]: r for r in result["rows"]}
+    assert set(rows) == {"all", "block4+projector", "projector", "none"}
+    assert rows["none"]["momentum_params"] == 0
+    assert 0 < rows["projector"]["momentum_params"] < rows["block4+projector"]["momentum_params"]
+    assert rows["block4+projector"]["momentum_params"] < rows["all"]["momentum_params"]
+    flops = {name: r["gflops"] / rows["all"]["gflops"] for name, r in rows.items()}
+    assert flops["none"] <= flops["projector"] < flops["block4+projector"] < 1.0
+    assert flops["projector"] < 0.8, "projector-only skips the second backbone forward"
+    assert all(r["median_s"] > 0 for r in rows.values())
+    assert "| projector |" in proc.stdout
