@@ -294,3 +294,22 @@ def test_ema_step_after_training_moves_copy_toward_online(make_model, make_batch
     assert model.ema.step(int(model.cfg.max_steps)) == pytest.approx(0.9)
     for n, p in model.momentum_projector.named_parameters():
         torch.testing.assert_close(p.double(), 0.9 * xi0[n] + 0.1 * theta1[n], rtol=0, atol=2e-6)
+
+
+def test_momentum_parts_key_of_a_yaml_config_is_honoured() -> None:
+    """A solo-learn-style config naming `momentum.parts` (spec string or list) builds exactly those copies."""
+    from omegaconf import OmegaConf
+
+    from solo_ema.methods import BYOL
+
+    base = {
+        "method": "byol", "data": {"dataset": "cifar10", "num_classes": 10},
+        "optimizer": {"batch_size": 8, "lr": 0.1},
+        "method_kwargs": {"proj_hidden_dim": 32, "pred_hidden_dim": 32, "proj_output_dim": 16},
+    }
+    for parts, expected in (("block4+projector", ["backbone.layer4", "projector"]), (["projector"], ["projector"]),
+                            ([], [])):
+        cfg = OmegaConf.create({**base, "momentum": {"parts": parts}})
+        model = BYOL(cfg)
+        assert model.ema.paths == expected
+        assert list(model.cfg.momentum.parts) == [p.replace("backbone.layer4", "block4") for p in expected]

@@ -289,7 +289,10 @@ class BaseMomentumMethod(BaseMethod):
         final = cfg_default(cfg, "momentum.final_tau", 1.0)
         check_taus(base, final)
         cfg_default(cfg, "momentum.classifier", False)
-        spec = cfg_default(cfg, "momentum.parts_spec", "all")
+        spec = cfg_get(cfg, "momentum.parts_spec")
+        if spec is None:  # solo-learn-style configs name the parts under momentum.parts (a spec or a list)
+            given = cfg_get(cfg, "momentum.parts", "all")
+            spec = given if isinstance(given, str) else "+".join(given) or "none"
         parsed = parse_ema_spec(spec)
         if base == final == 0.0:
             parsed = parse_ema_spec("none")  # beta = 0 shares the parts exactly (the paper's "no momentum")
