@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default, cfg_get
 from ..engine.distributed import check_queue_size, gather
-from .heads import mlp
+from .queue import QueueMethod
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,15 +24,13 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     return F.cross_entropy(logits, targets)
 
 
-class MoCoV2Plus(BaseMomentumMethod):
+class MoCoV2Plus(QueueMethod):
     """MoCo v2+: z = normalize(projector(f)); each view's query against the other view's key and its queue.
 
     ``queue`` is a buffer (2, proj_output_dim, queue_size): ``queue[i]`` holds past keys of crop i.
     The loss of a step uses the queue as it was before the step; the (gathered) keys are enqueued after it.
     """
 
-    large_crops = (2, 2)
-    small_crops = False
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
@@ -52,24 +50,10 @@ class MoCoV2Plus(BaseMomentumMethod):
         )
         return cfg
 
-    def build_heads(self) -> None:
-        """Projector Lin-ReLU-Lin and the key queue (normalised random vectors) with its pointer."""
+    def queue_shape(self) -> tuple[int, ...]:
+        """Queue buffer shape (features on dim 1)."""
         k = self.cfg.method_kwargs
-        self.projector = self.with_projector_bn(
-            mlp([self.features_dim, k.proj_hidden_dim, k.proj_output_dim], batch_norm=False), k.proj_output_dim
-        )
-        self.register_buffer("queue", F.normalize(torch.randn(2, k.proj_output_dim, k.queue_size), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-
-    @property
-    def learnable_params(self) -> list[dict[str, Any]]:
-        """Base groups plus the projector."""
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits and normalised projection z."""
-        out = super().forward(X)
-        return {**out, "z": F.normalize(self.projector(self.project_input(out["feats"])), dim=-1)}
+        return (2, k.proj_output_dim, k.queue_size)
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default, cfg_get
 from ..engine.distributed import check_queue_size, gather
-from .heads import mlp
+from .queue import QueueMethod
 
 
 def ressl_loss(
@@ -24,7 +24,7 @@ def ressl_loss(
     return torch.sum(-F.softmax(logits_k, dim=-1) * F.log_softmax(logits_q, dim=-1), dim=-1).mean()
 
 
-class ReSSL(BaseMomentumMethod):
+class ReSSL(QueueMethod):
     """ReSSL: q = online z of crop 0 (the strong view), k = momentum z of crop 1 (the weak view).
 
     The weak view is a data recipe (crop 1 without colour jitter, blur or solarization); the method only
@@ -32,8 +32,6 @@ class ReSSL(BaseMomentumMethod):
     step uses the queue before the step's (gathered) keys are enqueued.
     """
 
-    large_crops = (2, 2)
-    small_crops = False
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
@@ -55,24 +53,10 @@ class ReSSL(BaseMomentumMethod):
         )
         return cfg
 
-    def build_heads(self) -> None:
-        """Projector Lin-ReLU-Lin and the key queue (normalised random vectors) with its pointer."""
+    def queue_shape(self) -> tuple[int, ...]:
+        """Queue buffer shape (features on dim 1)."""
         k = self.cfg.method_kwargs
-        self.projector = self.with_projector_bn(
-            mlp([self.features_dim, k.proj_hidden_dim, k.proj_output_dim], batch_norm=False), k.proj_output_dim
-        )
-        self.register_buffer("queue", F.normalize(torch.randn(k.queue_size, k.proj_output_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-
-    @property
-    def learnable_params(self) -> list[dict[str, Any]]:
-        """Base groups plus the projector."""
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits and normalised projection z."""
-        out = super().forward(X)
-        return {**out, "z": F.normalize(self.projector(self.project_input(out["feats"])), dim=-1)}
+        return (k.queue_size, k.proj_output_dim)
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
