@@ -499,6 +499,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from solo_ema.pretrain import main as _main  # the package's module, so its error classes are the ones raised
-
-    sys.exit(_main())
+    sys.exit(main())
