@@ -1,62 +1,17 @@
 #!/usr/bin/env bash
 # SimSiam pretraining on ImageNet-1K: ResNet-50, 200 epochs, 2 GPUs x batch 128 (DDP).
 #
-# Source: the values of solo-learn's paper-era bash_files/pretrain/imagenet-100/simsiam.sh (solo-learn 1.0.5 had no ImageNet-1K file for SimSiam; its ImageNet-100 values are used with ResNet-50)
-# (tags 1.0.4 / 1.0.5; facts only, no code copied) and the paper's Appendix A: 200 epochs,
-# ImageNet-1K on two RTX A6000, batch 128 per GPU, cosine schedule with 10 warm-up epochs.
-# SimSiam has no momentum encoder (--ema_parts none); Table 1's '+EMA' row adds one with
-# --ema_parts all --base_tau_momentum BETA.
-# --dali: solo-learn's files used DALI loaders; DALI=0 drops the flag (torchvision loaders).
-# Precision: solo-ema's default (16-mixed on GPU, as solo-learn's --precision 16; 32 on CPU).
+# solo-learn 1.0.5 had no ImageNet-1K file for SimSiam, so this is its ImageNet-100 recipe
+# (bash_files/pretrain/imagenet-100/simsiam.sh) on the ImageNet-1K folder with ResNet-50; the paper's
+# Appendix A: ImageNet-1K on two RTX A6000, batch 128 per GPU, 200 epochs.
 #
-# Usage: bash bash_files/pretrain/imagenet/simsiam.sh [extra flags]
-#   Extra flags come last and win, e.g. --ema_parts projector or --base_tau_momentum 0.9995.
-# Env: DATA_DIR (default ./datasets), LOG_DIR (default ./runs), PYTHON (default python),
-#   DRY_RUN=1: print the resolved config as one JSON line (--dry_run) and train nothing.
+# Usage: bash bash_files/pretrain/imagenet/simsiam.sh [extra flags]   (extra flags come last and win)
+# Env: as the ImageNet-100 recipe (DATA_DIR, LOG_DIR, PYTHON, DRY_RUN, DALI).
 set -euo pipefail
 
-DRY_RUN_FLAG=""
-if [[ "${DRY_RUN:-0}" == 1 ]]; then DRY_RUN_FLAG="--dry_run"; fi
-DALI_FLAG="--dali"
-if [[ "${DALI:-1}" == 0 ]]; then DALI_FLAG=""; fi
-
-"${PYTHON:-python}" -m solo_ema.pretrain \
-    --method simsiam \
-    --ema_parts none \
+exec bash "$(dirname "$0")/../imagenet-100/simsiam.sh" \
     --dataset imagenet \
-    --data_dir "${DATA_DIR:-./datasets}" \
     --train_dir imagenet/train \
     --val_dir imagenet/val \
     --backbone resnet50 \
-    --zero_init_residual \
-    --max_epochs 200 \
-    --devices 2 \
-    --strategy ddp \
-    --sync_batchnorm \
-    --batch_size 128 \
-    --num_workers 4 \
-    --optimizer sgd \
-    --scheduler warmup_cosine \
-    --warmup_epochs 10 \
-    --lr 0.5 \
-    --classifier_lr 0.1 \
-    --weight_decay 1e-5 \
-    --num_crops_per_aug 2 \
-    --crop_size 224 \
-    --brightness 0.4 \
-    --contrast 0.4 \
-    --saturation 0.4 \
-    --hue 0.1 \
-    --gaussian_prob 0.5 \
-    --solarization_prob 0.0 \
-    --color_jitter_prob 0.8 \
-    --gray_scale_prob 0.2 \
-    --horizontal_flip_prob 0.5 \
-    --min_scale 0.08 \
-    --proj_output_dim 2048 \
-    --proj_hidden_dim 2048 \
-    --pred_hidden_dim 512 \
-    --log_dir "${LOG_DIR:-./runs}" \
-    --save_checkpoint \
-    --auto_resume \
-    $DALI_FLAG $DRY_RUN_FLAG "$@"
+    "$@"
