@@ -151,15 +151,15 @@ def table_calls(recorder, record) -> dict[str, list[tuple[list[str], list[str]]]
 def test_every_bash_file_parses_and_is_strict() -> None:
     """Every shipped .sh passes `bash -n` and sets -euo pipefail; the runnable ones name their source."""
     files = sorted(BASH.rglob("*.sh"))
-    assert len(files) == 18 + 18 + len(PAPER_TABLES) + 1
+    assert len(files) == 18 + 18 + 1 + len(PAPER_TABLES) + 1  # recipes, linear wrappers + _linear.sh, tables
     for path in files:
         proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
         text = path.read_text()
         assert "set -euo pipefail" in text, path
-        delegates = re.search(r'exec bash "\$\(dirname "\$0"\)/\.\./imagenet-100/\w+\.sh"', text)
+        delegates = re.search(r'exec bash "\$\(dirname "\$0"\)/([\w./-]+\.sh)"', text)
         assert ('"${PYTHON:-python}" -m solo_ema.' in text or "run_row " in text or path.name == "_rows.sh"
-                or (delegates and (PRETRAIN / "imagenet-100" / path.name).exists())), path
+                or (delegates and (path.parent / delegates.group(1)).is_file())), path
     for path in PRETRAIN.rglob("*.sh"):
         text = path.read_text()
         assert "solo-learn" in text and "Appendix A" in text, path
@@ -422,3 +422,20 @@ def test_pretrain_script_dry_run_with_the_real_python(tmp_path) -> None:
     assert (out["method"], out["data"]["dataset"], out["momentum"]["parts"]) == ("simclr", "cifar10", [])
     assert out["cost"]["momentum_params"] == 0
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet"])
+def test_linear_scripts_pass_checkpoint_folders_and_extra_flags(dataset: str) -> None:
+    """Each linear wrapper runs the shared recipe on its checkpoint, its dataset folders, then the extra flags."""
+    for method in ("byol", "dino", "mocov2plus", "ressl", "simclr", "simsiam"):
+        script = BASH / "linear" / dataset / f"{method}.sh"
+        proc = subprocess.run(["bash", str(script), "ck.ckpt", "--max_epochs", "3"], capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": "echo"})
+        assert proc.returncode == 0, proc.stderr
+        argv = proc.stdout.split()
+        assert argv[:4] == ["-m", "solo_ema.linear", "--pretrained_feature_extractor", "ck.ckpt"]
+        assert argv[-2:] == ["--max_epochs", "3"]
+        folders = [] if dataset == "cifar" else ["--train_dir", f"{dataset}/train", "--val_dir", f"{dataset}/val"]
+        assert argv[-2 - len(folders):-2] == folders
+        missing = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        assert missing.returncode == 2 and "usage:" in missing.stderr

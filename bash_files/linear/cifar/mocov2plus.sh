@@ -1,30 +1,12 @@
 #!/usr/bin/env bash
-# Offline linear evaluation of a MoCo v2+ backbone pretrained on CIFAR-10 / CIFAR-100 (bash_files/pretrain/cifar/mocov2plus.sh).
-# The backbone (and, unless given, the dataset) come from the checkpoint's stored config; it is frozen
-# in eval mode. Recipe of solo-ema-linear: SGD lr 0.1, momentum 0.9, weight decay 0, cosine over 100
-# epochs, batch 512, random resized crop + flip for training, the evaluation transform for the test split.
-# The paper reports the online linear classifier of pretraining (Appendix A); this is the offline check.
+# Offline linear evaluation of a MoCo v2+ backbone pretrained on CIFAR-10 / CIFAR-100 (bash_files/pretrain/cifar/mocov2plus.sh),
+# with the shared recipe of bash_files/linear/_linear.sh (solo-ema-linear; solo-learn's protocol, the
+# paper's Appendix A).
 #
 # Usage: bash bash_files/linear/cifar/mocov2plus.sh runs/<run>/checkpoints/last.ckpt [extra flags]
-#   Extra flags come last and win (e.g. --precompute_features, --max_epochs 10, --name NAME).
-# Env: DATA_DIR (default ./datasets), LOG_DIR (default ./runs), PYTHON (default python).
 set -euo pipefail
 
-CKPT=${1:-}
-if [[ -z "$CKPT" ]]; then
-    echo "usage: $0 CHECKPOINT [extra flags]" >&2
-    exit 2
-fi
+if [[ $# -eq 0 ]]; then exec bash "$(dirname "$0")/../_linear.sh"; fi
+CKPT=$1
 shift
-
-"${PYTHON:-python}" -m solo_ema.linear \
-    --pretrained_feature_extractor "$CKPT" \
-    --data_dir "${DATA_DIR:-./datasets}" \
-    --max_epochs 100 \
-    --batch_size 512 \
-    --lr 0.1 \
-    --momentum 0.9 \
-    --weight_decay 0 \
-    --num_workers 4 \
-    --log_dir "${LOG_DIR:-./runs}" \
-    "$@"
+exec bash "$(dirname "$0")/../_linear.sh" "$CKPT" "$@"
