@@ -364,7 +364,7 @@ def test_every_placement_builds_and_starts_as_the_online_encoder(method: str) ->
     for spec in ("backbone", "conv1", "block2", "block3+projector", sub):
         model = make(method, spec, "--base_tau_momentum", "1")
         with torch.no_grad():
-            online = model.projector(model.project_input(model.backbone(x)))
+            online = model.project(model.backbone(x))
             target = model.momentum_forward(x)["z"]
         torch.testing.assert_close(target, online, rtol=1e-4, atol=1e-5, msg=f"{method} {spec}")
 

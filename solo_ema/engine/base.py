@@ -108,9 +108,13 @@ class BaseMethod(pl.LightningModule):
         """Module paths run on the backbone output before the projector (e.g. a BatchNorm)."""
         return ["feats_bn"] if self.feats_bn is not None else []
 
-    def project_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """What the projector sees: the backbone features, through BN1 when ``bn_backbone_out`` is set."""
-        return self.feats_bn(feats) if self.feats_bn is not None else feats
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """The projector on the backbone features (through BN1 first when ``bn_backbone_out`` is set)."""
+        return self.projector(self.feats_bn(feats) if self.feats_bn is not None else feats)
+
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The method's heads on the backbone features of a crop (e.g. {'z', 'p'}); none in the base method."""
+        return {}
 
     def with_projector_bn(self, projector: nn.Sequential, dim: int) -> nn.Sequential:
         """Append BN2 (``bn_out``, a BatchNorm1d(dim)) to a projector when ``bn_projector_out`` is set.
@@ -177,13 +181,14 @@ class BaseMethod(pl.LightningModule):
         return X.to(memory_format=torch.channels_last) if self.channels_last and X.is_cuda else X
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online backbone features and classifier logits (on detached features)."""
+        """Online backbone features, classifier logits (on detached features) and the heads' outputs."""
         feats = self.backbone(self.to_input(X))
-        return {"feats": feats, "logits": self.classifier(feats.detach())}
+        return {"feats": feats, "logits": self.classifier(feats.detach()), **self.head_forward(feats)}
 
     def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward of a small crop: backbone features only in the base method."""
-        return {"feats": self.backbone(self.to_input(X))}
+        """Forward of a small crop: backbone features and the heads' outputs (no classifier)."""
+        feats = self.backbone(self.to_input(X))
+        return {"feats": feats, **self.head_forward(feats)}
 
     def _classifier_step(self, out: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = out["logits"]

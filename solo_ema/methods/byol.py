@@ -47,17 +47,10 @@ class BYOL(BaseMomentumMethod):
             {"name": "predictor", "params": self.predictor.parameters()},
         ]
 
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits, projection z and prediction p."""
-        out = super().forward(X)
-        z = self.projector(self.project_input(out["feats"]))
-        return {**out, "z": z, "p": self.predictor(z)}
-
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Small crops: projection and prediction (they are students only)."""
-        out = super().multicrop_forward(X)
-        z = self.projector(self.project_input(out["feats"]))
-        return {**out, "z": z, "p": self.predictor(z)}
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projection z and prediction p (small crops too: they are students only)."""
+        z = self.project(feats)
+        return {"z": z, "p": self.predictor(z)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Each large crop's target against the predictions of every other crop, plus the classifier loss."""

@@ -174,15 +174,9 @@ class DINO(BaseMomentumMethod):
             self.current_epoch, k.warmup_teacher_temperature, k.teacher_temperature, k.warmup_teacher_temperature_epochs
         )
 
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits and prototype scores z."""
-        out = super().forward(X)
-        return {**out, "z": self.projector(self.project_input(out["feats"]))}
-
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Small crops: prototype scores (students only)."""
-        out = super().multicrop_forward(X)
-        return {**out, "z": self.projector(self.project_input(out["feats"]))}
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Prototype scores z (small crops too: they are students only)."""
+        return {"z": self.project(feats)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """DINO loss of every (teacher large crop, other student crop) pair, then the centre update."""

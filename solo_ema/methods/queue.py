@@ -38,7 +38,6 @@ class QueueMethod(BaseMomentumMethod):
         """Base groups plus the projector."""
         return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
 
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits and normalised projection z."""
-        out = super().forward(X)
-        return {**out, "z": F.normalize(self.projector(self.project_input(out["feats"])), dim=-1)}
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised projection z."""
+        return {"z": F.normalize(self.project(feats), dim=-1)}

@@ -91,15 +91,9 @@ class SimCLR(BaseMomentumMethod):
         """Base groups plus the projector."""
         return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
 
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits and projection z."""
-        out = super().forward(X)
-        return {**out, "z": self.projector(self.project_input(out["feats"]))}
-
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Small crops: projection z (anchors)."""
-        out = super().multicrop_forward(X)
-        return {**out, "z": self.projector(self.project_input(out["feats"]))}
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projection z (small crops are anchors)."""
+        return {"z": self.project(feats)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """NT-Xent over all crops: plain with ``none``, against the momentum projections otherwise."""

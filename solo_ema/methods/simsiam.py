@@ -71,11 +71,10 @@ class SimSiam(BaseMomentumMethod):
             {"name": "predictor", "params": self.predictor.parameters(), "static_lr": True},
         ]
 
-    def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Online features, logits, projection z and prediction p."""
-        out = super().forward(X)
-        z = self.projector(self.project_input(out["feats"]))
-        return {**out, "z": z, "p": self.predictor(z)}
+    def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projection z and prediction p."""
+        z = self.project(feats)
+        return {"z": z, "p": self.predictor(z)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """simsiam(p1, z2_target) / 2 + simsiam(p2, z1_target) / 2, target = momentum_z."""
