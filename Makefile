@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?=
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup setup-dali data demo test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,10 +15,17 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.py
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,dali]"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# NVIDIA DALI (about 750 MB) for the ImageNet loaders and their tests; the demo does not need it.
+$(VENV)/.dali: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dali]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-dali: $(VENV)/.dali
 
 data:
 	@test -f $(FMNIST)/train-images-idx3-ubyte.gz || { \

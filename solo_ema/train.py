@@ -10,14 +10,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.callbacks import CostLogger, analysis_callbacks
 from .analysis.cost import cost_of, format_cost
 from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
-from .engine.callbacks import StepTimer
+from .engine.callbacks import StepProgressBar, StepTimer
 from .engine.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumableCSVLogger, RNGState
 from .errors import UsageError
 from .pretrain import build_model
@@ -90,7 +90,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(name=cfg.name, project=cfg.logging.project, save_dir=str(run_dir)))
-    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(), TQDMProgressBar(refresh_rate=1)]
+    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(), StepProgressBar(refresh_rate=1)]
     if cfg.checkpoint.enabled:
         every = cfg.checkpoint.get("every_n_steps")
         callbacks.append(

@@ -1,4 +1,4 @@
-"""Callbacks of the engine: step timing."""
+"""Callbacks of the engine: step timing, a progress bar that counts the steps a run will really take."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class StepTimer(pl.Callback):
@@ -36,3 +37,20 @@ class StepTimer(pl.Callback):
         """Log seconds per epoch."""
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         pl_module.log("epoch_time", self.epoch_times[-1], on_step=False, on_epoch=True)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """TQDM bar whose epoch total stops at --max_steps when the run ends before the epoch does."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches this epoch will run: the epoch's length, or fewer when max_steps ends the run inside it."""
+        total = self.trainer.num_training_batches
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps < 0:
+            return total
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        # At an epoch's start the counter still holds the last epoch, except in a run resumed inside an epoch.
+        done_in_epoch = epoch_loop.batch_progress.current.ready if epoch_loop.restarting else 0
+        left = (max_steps - self.trainer.global_step) * self.trainer.accumulate_grad_batches
+        return min(total, done_in_epoch + left)
