@@ -21,21 +21,28 @@ from conftest import small_argv
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from solo_ema.engine import base
 from solo_ema.engine.backbones import build_backbone
+from solo_ema.engine.knn import knn_accuracy
 from solo_ema.pretrain import build_cfg, build_model
 from solo_ema.train import build_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CLASSES, TRAIN, VAL, BATCH, SIZE, K = 4, 16, 24, 8, 16, 5
+CLASSES, TRAIN, VAL, BATCH, SIZE, K = 4, 16, 24, 8, 16, 8
 
 
 def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n seeded 16x16 images whose mean colour depends on their label (labels 0..3), and the labels."""
+    """n seeded 16x16 images (a weak colour per label 0..3 under a random tint and ramp), and the labels.
+
+    The tint spreads the features' directions, so the kNN's temperature and k change its predictions.
+    """
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % CLASSES
     colour = torch.stack([torch.cos(y * 1.7), torch.sin(y * 1.1), torch.cos(y * 0.6)], dim=1)
-    return colour[:, :, None, None] + 0.8 * torch.randn(n, 3, SIZE, SIZE, generator=gen), y
+    offset = 1.5 * torch.randn(n, 3, 1, 1, generator=gen)
+    ramp = torch.linspace(-1, 1, SIZE) * torch.randn(n, 1, 1, 1, generator=gen)
+    return 0.5 * colour[:, :, None, None] + offset + ramp + 0.3 * torch.randn(n, 3, SIZE, SIZE, generator=gen), y
 
 
 class TwoViews(Dataset):
@@ -116,8 +123,17 @@ def loop_run(tmp_path_factory) -> dict[str, Any]:
     x_val, y_val = _images(VAL, 4)
     train = DataLoader(TwoViews(), batch_size=BATCH, shuffle=True, drop_last=True)
     val = DataLoader(list(zip(x_val, y_val, strict=True)), batch_size=BATCH)
-    trainer.fit(model, train, val)
-    return {"model": model, "rec": rec, "rows": _rows(tmp / "loop" / "metrics.csv"), "val": (x_val, y_val)}
+    knn_calls: list[tuple[tuple, dict]] = []
+
+    def recording_knn(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        knn_calls.append((args, kwargs))
+        return knn_accuracy(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "knn_accuracy", recording_knn)
+        trainer.fit(model, train, val)
+    return {"model": model, "rec": rec, "rows": _rows(tmp / "loop" / "metrics.csv"), "val": (x_val, y_val),
+            "knn_calls": knn_calls}
 
 
 def _logged(rows: list[dict[str, str]], column: str) -> list[float]:
@@ -200,6 +216,11 @@ def test_val_knn_acc1_matches_a_weighted_knn_on_the_banked_features(loop_run) ->
     val = torch.cat(rec.banked["val"])
     torch.testing.assert_close(val.double(), _features(model.backbone, x, False))
     train_y = torch.cat([s["batch"][2] for s in rec.steps])
+    # the engine hands the kNN this epoch's banks and the configured k, temperature and metric
+    ((args, kwargs),) = loop_run["knn_calls"]
+    assert torch.equal(args[0], torch.cat(rec.banked["train"])) and torch.equal(args[1], train_y)
+    assert torch.equal(args[2], val) and torch.equal(args[3], y) and args[4] == model.num_classes == 10
+    assert kwargs == {"k": K, "temperature": 0.07, "distance": "cosine"}
     scores = _weighted_knn(torch.cat(rec.banked["train"]), train_y, val, K, 0.07, model.num_classes)
     acc1 = float((scores.argmax(1) == y).double().mean() * 100)
     assert _logged(rows, "val_knn_acc1") == [pytest.approx(acc1, abs=1e-4)]
