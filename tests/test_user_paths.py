@@ -282,8 +282,9 @@ def test_resnet50_backbone_parameter_count_and_forward() -> None:
 
 @pytest.mark.parametrize("spec", ["all", "block4+projector", "backbone"])
 def test_target_pass_leaves_shared_bn1_statistics_bitwise_unchanged(spec: str) -> None:
-    """BN1 is shared and runs in the target pass: the online pass moves its statistics, the target pass
-    (from the momentum backbone's features, in batch-statistics mode) leaves them bitwise as they were."""
+    """BN1 is shared (never a momentum copy) and these placements run it in the target pass: the online pass
+    moves its statistics, the target pass (on the target features, batch statistics) leaves them bitwise as they
+    were, and the target z is the projector on those features normalised with their own batch statistics."""
     cfg = build_cfg(small_argv(spec, "--bn_backbone_out"))
     torch.manual_seed(0)
     model = build_model(cfg).train()
@@ -312,5 +313,6 @@ def test_target_pass_leaves_shared_bn1_statistics_bitwise_unchanged(spec: str) -
     x, out = targets[0]
     with torch.no_grad():
         normed = F.batch_norm(out["feats"], None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
-        projector = copy.deepcopy(model.ema.copy_of("projector") or model.projector)
+        momentum_projector = model.ema.copy_of("projector")
+        projector = copy.deepcopy(model.projector if momentum_projector is None else momentum_projector)
         torch.testing.assert_close(out["z"], projector(normed))
