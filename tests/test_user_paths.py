@@ -211,10 +211,11 @@ def test_val_knn_acc1_matches_a_weighted_knn_on_the_banked_features(loop_run) ->
     rec, rows, model = loop_run["rec"], loop_run["rows"], loop_run["model"]
     assert len(rec.banked["train"]) == len(rec.steps) and len(rec.banked["val"]) == math.ceil(VAL / BATCH)
     for step, banked in zip(rec.steps, rec.banked["train"], strict=True):
-        torch.testing.assert_close(banked.double(), _features(step["online"], step["batch"][1][0], True))
+        torch.testing.assert_close(banked.double(), _features(step["online"], step["batch"][1][0], True),
+                                   rtol=1e-5, atol=1e-5)
     x, y = loop_run["val"]
     val = torch.cat(rec.banked["val"])
-    torch.testing.assert_close(val.double(), _features(model.backbone, x, False))
+    torch.testing.assert_close(val.double(), _features(model.backbone, x, False), rtol=1e-5, atol=1e-5)
     train_y = torch.cat([s["batch"][2] for s in rec.steps])
     # the engine hands the kNN this epoch's banks and the configured k, temperature and metric
     ((args, kwargs),) = loop_run["knn_calls"]
