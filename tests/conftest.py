@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,6 +27,12 @@ def small_argv(spec: str | None = "projector", *extra: str) -> list[str]:
     if spec is not None:
         argv += ["--ema_parts", spec]
     return argv + list(extra)
+
+
+def logged_taus(total: int, base: float = 0.99, final: float = 1.0) -> list[float]:
+    """The tau of each of `total` EMA updates, from the paper's cosine schedule written out:
+    tau_k = final - (final - base) * (cos(pi k / total) + 1) / 2, k = 0 .. total - 1."""
+    return [final - (final - base) * (math.cos(math.pi * k / total) + 1) / 2 for k in range(total)]
 
 
 @pytest.fixture(scope="module")

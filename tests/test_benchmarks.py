@@ -11,6 +11,13 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
 
 
+def _basic_layer_params(inplanes: int, planes: int, downsample: bool) -> int:
+    """Two basic blocks (3x3 convs without bias, affine BN); the first one may have a 1x1 projection shortcut."""
+    first = inplanes * planes * 9 + planes * planes * 9 + 4 * planes
+    shortcut = inplanes * planes + 2 * planes if downsample else 0
+    return first + shortcut + 2 * planes * planes * 9 + 4 * planes
+
+
 def test_step_cost_tiny_reports_every_placement(tmp_path: Path) -> None:
     """--tiny: one row per placement; projector keeps fewer momentum params and FLOPs than all, none keeps 0."""
     out = tmp_path / "cost.json"
@@ -24,6 +31,15 @@ def test_step_cost_tiny_reports_every_placement(tmp_path: Path) -> None:
     rows = {r["placement"]: r for r in result["rows"]}
     assert set(rows) == {"all", "block4+projector", "projector", "none"}
     assert rows["none"]["momentum_params"] == 0
+    # exact counts: BYOL projector 512-64(BN)-256 and a ResNet-18 (CIFAR stem, no fc), from the architecture
+    projector = 512 * 64 + 64 + 2 * 64 + 64 * 256 + 256
+    layers = [_basic_layer_params(i, o, first) for i, o, first in ((64, 64, False), (64, 128, True),
+                                                                   (128, 256, True), (256, 512, True))]
+    resnet18 = 3 * 64 * 9 + 2 * 64 + sum(layers)
+    assert resnet18 == 11_168_832
+    assert rows["projector"]["momentum_params"] == projector
+    assert rows["block4+projector"]["momentum_params"] == layers[3] + projector
+    assert rows["all"]["momentum_params"] == resnet18 + projector
     assert 0 < rows["projector"]["momentum_params"] < rows["block4+projector"]["momentum_params"]
     assert rows["block4+projector"]["momentum_params"] < rows["all"]["momentum_params"]
     flops = {name: r["gflops"] / rows["all"]["gflops"] for name, r in rows.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import logged_taus
 from PIL import Image
 
 from solo_ema.pretrain import build_cfg, build_model, main
@@ -160,6 +161,8 @@ def test_few_step_run_writes_finite_metrics_and_config(tmp_path) -> None:
     assert len(losses) == 3
     assert all(math.isfinite(v) for v in losses)
     assert all(0.0 <= v <= 8.0 for v in losses)  # 2 - 2cos in [0, 4] for each of the 2 ordered crop pairs
+    taus = [float(r["tau"]) for r in rows if r.get("tau")]
+    assert taus == pytest.approx(logged_taus(3), abs=1e-7)  # one EMA update per step, on the cosine schedule
     config = json.loads((run_dir / "config.json").read_text())
     assert config["momentum"]["parts"] == ["projector"]
     assert config["data"]["num_classes"] == 3

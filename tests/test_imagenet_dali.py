@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import logged_taus
 from PIL import Image
 
 from solo_ema.data import (
@@ -293,3 +294,8 @@ def test_cli_trains_a_few_steps_with_dali_on_cpu(folder, tmp_path):
         rows = list(csv.DictReader(f))
     losses = [float(r["train_byol_loss_step"]) for r in rows if r.get("train_byol_loss_step")]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert all(0.0 <= v <= 8.0 for v in losses)  # 2 - 2cos in [0, 4] for each of the 2 ordered crop pairs
+    taus = [float(r["tau"]) for r in rows if r.get("tau")]
+    assert taus == pytest.approx(logged_taus(2), abs=1e-7)  # one EMA update per step, on the cosine schedule
+    acc = [float(r["train_acc1_step"]) for r in rows if r.get("train_acc1_step")]
+    assert len(acc) == 2 and all(v in (0.0, 25.0, 50.0, 75.0, 100.0) for v in acc)  # hits out of a batch of 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import logged_taus
 from torch import nn
 
 from solo_ema.engine import BaseMomentumMethod
@@ -36,6 +38,9 @@ LOSS_COLUMN = {
     "simclr": "train_nce_loss",
     "simsiam": "train_neg_cos_sim",
 }
+# what each logged loss can take: BYOL 2 ordered pairs of 2 - 2cos; SimSiam -cos; the cross-entropies >= 0
+LOSS_RANGE = {"byol": (0.0, 8.0), "simsiam": (-1.0, 1.0), "dino": (0.0, math.inf), "mocov2plus": (0.0, math.inf),
+              "ressl": (0.0, math.inf), "simclr": (0.0, math.inf)}
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 B = 8  # batch size of the in-process tests
 
@@ -581,3 +586,9 @@ def test_short_fashion_mnist_run_logs_finite_losses(method: str, tmp_path: Path)
     values = [float(r[column]) for r in rows if r.get(column)]
     assert len(values) == 3, rows
     assert all(math.isfinite(v) for v in values)
+    low, high = LOSS_RANGE[method]
+    assert all(low <= v <= high for v in values), values
+    taus = [float(r["tau"]) for r in rows if r.get("tau")]
+    assert taus == pytest.approx(logged_taus(3), abs=1e-7)  # one EMA update per step, on the cosine schedule
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["momentum"]["parts"] == ["projector"] and config["cost"]["backbone_forwards_per_view"] == 1
