@@ -427,6 +427,8 @@ class DevicePretrainLoader:
     rank and world size. The crops of one epoch depend only on (seed, rank, epoch).
     """
 
+    batch_sampler = None  # Lightning reads sampler / batch_sampler as a DataLoader's (set_epoch, shuffle check)
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, recipes: Sequence[ViewRecipe],
                  mean: Sequence[float], std: Sequence[float], batch_size: int, seed: int = 0) -> None:
         """Keep the uint8 split and the recipes; the split stays where it is until `place`."""
@@ -496,6 +498,8 @@ class DevicePretrainLoader:
 
 class DeviceEvalLoader:
     """Unshuffled (x, y) batches of a device-held validation split, normalised; sharded per rank."""
+
+    batch_sampler = None
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  batch_size: int) -> None:

@@ -1,4 +1,4 @@
-"""Callbacks of the engine: step timing."""
+"""Callbacks of the engine: step timing, placing device-resident data."""
 
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ class StepTimer(pl.Callback):
         """Log seconds per epoch."""
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         pl_module.log("epoch_time", self.epoch_times[-1], on_step=False, on_epoch=True)
+
+
+class DevicePlacement(pl.Callback):
+    """Move device-resident loaders (objects with ``place(device, rank, world_size)``) to the training device."""
+
+    def __init__(self, *loaders: Any) -> None:
+        self.loaders = [loader for loader in loaders if loader is not None]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before any batch is drawn: the root device, global rank and world size of this process."""
+        for loader in self.loaders:
+            loader.place(trainer.strategy.root_device, trainer.global_rank, trainer.world_size)
