@@ -294,6 +294,7 @@ def resized_crop(
 ) -> torch.Tensor:
     """Crop each float image (n, C, H, W) to its box and resize it to size x size (bicubic, antialiased, clamped).
 
+    As PIL (the torchvision path): the horizontal pass first, clipped to [0, 1], then the vertical pass.
     With `flip`, the selected outputs are mirrored left-right.
     """
     _, _, height, width = images.shape
@@ -301,8 +302,8 @@ def resized_crop(
     cols = resize_weights(boxes[:, 1], boxes[:, 3], width, size)
     if flip is not None:
         cols = torch.where(flip[:, None, None], cols.flip(1), cols)
-    out = torch.matmul(torch.matmul(rows[:, None], images), cols.transpose(1, 2)[:, None])
-    return out.clamp_(0.0, 1.0)
+    wide = torch.matmul(images, cols.transpose(1, 2)[:, None]).clamp_(0.0, 1.0)  # PIL: columns first, clipped
+    return torch.matmul(rows[:, None], wide).clamp_(0.0, 1.0)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
