@@ -361,9 +361,10 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, ap
             torch.where((op == 2)[:, None, None, None], gray, torch.zeros_like(gray)),
         )
         x = (fb * x + (1.0 - fb) * ref).clamp_(0.0, 1.0)
-        if hue:
-            turn = apply & (op == 3)
-            x = torch.where(turn[:, None, None, None], adjust_hue(x, torch.where(turn, f, torch.zeros_like(f))), x)
+        if hue:  # HSV round trips are costly: only the images whose step this is (each image has one)
+            turn = (apply & (op == 3)).nonzero().squeeze(1)
+            if turn.numel():
+                x = x.index_put((turn,), adjust_hue(x[turn], f[turn]))
     return x
 
 
