@@ -2,8 +2,8 @@
 
 Both loaders serve the same split (Fashion-MNIST by default, or CIFAR-10/100 with --dataset and --data_dir)
 with solo-learn's CIFAR BYOL recipe (two 32x32 crops, solarization 0 / 0.2). Part 1 pulls batches from
-each loader alone; part 2 runs the BYOL ResNet-18 (CIFAR stem) training step of `step_cost.py`'s
-`Runner` on batches from each loader, the loaders taking turns round by round (a change of machine load
+each loader alone, part 2 runs the BYOL ResNet-18 (CIFAR stem) training step of `step_cost.py`'s
+`Runner` on batches from each loader; in both the loaders take turns round by round (a change of machine load
 hits both), and splits each step into the wait for the batch and the step itself. Ratios are the result;
 on GPU the clocks are read after a device synchronisation, and an epoch's time is estimated from the
 median step.
@@ -175,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
           f"torchvision path: {args.workers} worker processes")
     result: dict[str, Any] = {"args": vars(args), "loader_alone": {}, "step": {}}
 
-    for name in LOADERS:  # part 1: each loader alone (after one warm-up batch)
+    for name in LOADERS:  # part 1: each loader alone, after one warm-up batch, the loaders taking turns
         loader_alone(streams[name], 1, device)
-        seconds = loader_alone(streams[name], args.batches, device)
-        result["loader_alone"][name] = args.batches * args.batch_size / seconds
-    print(f"\n{'loader alone':<14} {'images/s':>10}")
+    alone: dict[str, list[float]] = {name: [] for name in LOADERS}
+    for r in range(args.rounds):
+        for name in LOADERS if r % 2 == 0 else LOADERS[::-1]:
+            alone[name].append(args.batches * args.batch_size / loader_alone(streams[name], args.batches, device))
+    for name in LOADERS:
+        result["loader_alone"][name] = statistics.median(alone[name])
+    print(f"\n{'loader alone':<14} {'images/s':>10}   ({args.rounds} x {args.batches} batches each, median)")
     for name in LOADERS:
         print(f"{name:<14} {result['loader_alone'][name]:>10.1f}")
     ratio = result["loader_alone"]["device"] / result["loader_alone"]["workers"]
