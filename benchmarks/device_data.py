@@ -2,9 +2,9 @@
 
 Both loaders serve the same split (Fashion-MNIST by default, or CIFAR-10/100 with --dataset and --data_dir)
 with solo-learn's CIFAR BYOL recipe (two 32x32 crops, solarization 0 / 0.2). Part 1 pulls batches from
-each loader alone, part 2 runs the BYOL ResNet-18 (CIFAR stem) training step of `step_cost.py`'s
-`Runner` on batches from each loader; in both the loaders take turns round by round (a change of machine load
-hits both), and splits each step into the wait for the batch and the step itself. Ratios are the result;
+each loader alone; part 2 runs the BYOL ResNet-18 (CIFAR stem) training step of `step_cost.py`'s
+`Runner` on batches from each loader and splits each step into the wait for the batch and the step itself.
+In both parts the loaders take turns round by round, so a change of machine load hits both. Ratios are the result;
 on GPU the clocks are read after a device synchronisation, and an epoch's time is estimated from the
 median step.
 
