@@ -280,3 +280,21 @@ def test_device_data_bad_input_is_one_line_exit_2(capsys, extra, message):
     assert main(["--method", "byol", "--device_data", "--dry_run", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"solo-ema-pretrain: error: {message}"), err
+
+
+def test_benchmark_smoke_reports_both_loaders(tmp_path):
+    """benchmarks/device_data.py --tiny --no_step: images/s of the worker and the device loader on the same split."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "device_data.py"
+    spec = importlib.util.spec_from_file_location("device_data_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _tiny_fashion(tmp_path / "fm", train=16)
+    out = tmp_path / "b.json"
+    assert bench.main(["--tiny", "--no_step", "--device", "cpu", "--data_dir", str(data), "--subset", "16",
+                       "--json", str(out)]) == 0
+    alone = json.loads(out.read_text())["loader_alone"]
+    assert alone["workers"] > 0 and alone["device"] > 0
+    assert alone["ratio_device_over_workers"] == pytest.approx(alone["device"] / alone["workers"])
