@@ -27,6 +27,7 @@ from solo_ema.data.device import (
     resized_crop,
     sample_crop_boxes,
     sample_view_params,
+    seed_for,
 )
 
 BICUBIC = TF.InterpolationMode.BICUBIC
@@ -185,6 +186,8 @@ def test_loader_batches_are_deterministic_under_a_seed_and_change_with_epoch():
     assert not torch.equal(next(iter(later))[0], idx)
     other = next(iter(_loader(seed=1)))
     assert not torch.equal(other[1][0], crops[0])
+    streams = {seed_for(s, r, e) for s in (0, 1) for r in (0, 1) for e in (0, 1)}
+    assert len(streams) == 8  # the augmentation stream depends on seed, rank and epoch
 
 
 def test_placed_loader_shards_by_rank_and_eval_loader_normalises():
