@@ -183,7 +183,13 @@ def test_loader_batches_are_deterministic_under_a_seed_and_change_with_epoch():
     assert sorted(torch.cat([x[0] for x in a]).tolist()) == list(range(24))
     later = _loader()
     later.sampler.set_epoch(1)
-    assert not torch.equal(next(iter(later))[0], idx)
+    first = next(iter(later))
+    assert not torch.equal(first[0], idx)
+    resumed = _loader()
+    batches = iter(resumed)  # Lightning creates the iterator before it sets the epoch of a resumed run
+    resumed.sampler.set_epoch(1)
+    again = next(batches)
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1][0], first[1][0])
     other = next(iter(_loader(seed=1)))
     assert not torch.equal(other[1][0], crops[0])
     streams = {seed_for(s, r, e) for s in (0, 1) for r in (0, 1) for e in (0, 1)}
