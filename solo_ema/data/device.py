@@ -9,8 +9,8 @@ same distributions as torchvision's ops:
 
 - random resized crop: torchvision's sampler (10 tries of scale and log-ratio, then the central fallback),
   bicubic resize with PIL's kernel (a = -0.5, support widened when shrinking: antialiased), as separable
-  per-sample weight matrices; the horizontal flip is folded into the column weights (every later op is
-  flip-equivariant);
+  per-sample weight matrices, columns first and clipped as PIL does; the horizontal flip is folded into the
+  column weights (every later op is flip-equivariant);
 - colour jitter with its probability, the four adjustments in a per-sample random order;
 - grayscale, Gaussian blur (sigma in [0.1, 2], kernel `blur_kernel_size(crop)`, reflect padding),
   solarization (pixels >= 128/255 inverted), normalisation with the dataset's mean and std.
