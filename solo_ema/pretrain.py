@@ -27,6 +27,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "imagenet100
 IMAGENET_DATASETS = ("imagenet100", "imagenet")
 FOLDER_DATASETS = (*IMAGENET_DATASETS, "custom")
 SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+DEVICE_DATA_DATASETS = (*SMALL_DATASETS, "custom")  # solo_ema.data.device.DEVICE_DATASETS
 
 
 def str2bool(value: str) -> bool:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dali", action="store_true", help="load image folders with NVIDIA DALI (pip install -e '.[dali]')")
     a("--dali_device", default="auto", choices=("auto", "gpu", "cpu"),
       help="DALI decoding and augmentation device (auto: gpu when CUDA is available)")
+    a("--device_data", action="store_true",
+      help="hold the split on the training device as uint8 and augment whole batches there "
+      "(cifar10, cifar100, fashion_mnist, custom folders of one image size)")
     a("--no_lr_scaling", action="store_true", help="do not scale lr by batch_size * devices / 256")
     a("--num_crops_per_aug", type=int, nargs="+", default=[2])
     for name, typ in AUG_FLAGS.items():
@@ -261,6 +265,9 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
     _check(not args.dali or args.dataset in FOLDER_DATASETS, "--dali",
            f"DALI reads image folders ({', '.join(FOLDER_DATASETS)}), not {args.dataset}")
+    _check(not args.device_data or args.dataset in DEVICE_DATA_DATASETS, "--device_data",
+           f"supports {', '.join(DEVICE_DATA_DATASETS)}, not {args.dataset}")
+    _check(not (args.device_data and args.dali), "--device_data", "give either --device_data or --dali, not both")
     if args.dataset in IMAGENET_DATASETS:
         args.train_dir = "train" if args.train_dir is None else args.train_dir
         args.val_dir = "val" if args.val_dir is None else args.val_dir
@@ -289,7 +296,7 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
             "num_large_crops": large,
             "num_small_crops": sum(crops) - large,
             "num_workers": args.num_workers,
-            "format": "dali" if args.dali else ("image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"),
+            "format": _data_format(args),
             "dali_device": args.dali_device,
             "download": args.download,
             "train_subset": args.train_subset,
@@ -375,6 +382,15 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         except ValueError as exc:
             raise UsageError(f"--track_weights: {exc}") from None
     return cfg
+
+
+def _data_format(args: argparse.Namespace) -> str:
+    """How the training data is read: device (--device_data), dali, image_folder or torchvision."""
+    if args.device_data:
+        return "device"
+    if args.dali:
+        return "dali"
+    return "image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"
 
 
 def _train_path(data_dir: str | None, train_dir: str | None) -> str | None:

@@ -8,6 +8,10 @@ value, this run's value and the difference (run - paper).
 Metric mapping: top1 -> the last non-empty ``val_acc1`` (online linear classifier), top5 -> ``val_acc5``,
 knn1 -> ``val_knn_acc1``, minutes_per_epoch -> mean ``epoch_time`` / 60; any other metric -> n/a.
 
+``--measured CSV`` prints a results file of ``python -m solo_ema.analysis.evidence`` (e.g. the evidence runs of
+``bash_files/evidence/``) as a markdown table per method, with the ratios against the method's ``all`` run:
+seconds per epoch / all's, and top-1 and kNN minus all's.
+
 ``--tag TABLE ROW`` is the filter the table scripts use under ``DRY_RUN=1``: every JSON object line of
 standard input is printed back with ``"table"`` and ``"row"`` keys added.
 
@@ -221,6 +225,68 @@ def tag(table: str, row: str, src: TextIO, dst: TextIO) -> int:
     return tagged
 
 
+MEASURED_NEEDS = ("run", "method", "ema_parts", "epochs", "top1", "knn1", "seconds_per_epoch")
+MEASURED_COLUMNS = ("run", "EMA", "tau", "epochs", "top-1", "kNN", "s/epoch", "time / all", "top-1 - all",
+                    "kNN - all")
+
+
+def load_measured(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a measured results file (one per run), checked for the columns the table needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--measured: no such file '{path}'")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = set(MEASURED_NEEDS) - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise UsageError(f"--measured: '{path}' has no rows or lacks the columns {', '.join(sorted(missing))}")
+    return rows
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_measured(rows: Sequence[dict[str, str]]) -> str:
+    """Per method: runs with top-1, kNN, s/epoch, and the ratio / deltas against the method's `all` run."""
+    blocks = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ref = next((r for r in mine if r["ema_parts"] == "all"), None)
+        out = [f"## {method}", "", "| " + " | ".join(MEASURED_COLUMNS) + " |",
+               "|" + "|".join(["---"] * 2 + ["---:"] * (len(MEASURED_COLUMNS) - 2)) + "|"]
+        for r in mine:
+            top, knn, sec = _num(r["top1"]), _num(r["knn1"]), _num(r["seconds_per_epoch"])
+            ratio = d_top = d_knn = None
+            if ref is not None:
+                ref_sec, ref_top, ref_knn = _num(ref["seconds_per_epoch"]), _num(ref["top1"]), _num(ref["knn1"])
+                ratio = sec / ref_sec if sec is not None and ref_sec else None
+                d_top = top - ref_top if top is not None and ref_top is not None else None
+                d_knn = knn - ref_knn if knn is not None and ref_knn is not None else None
+            tau = r.get("base_tau", "")
+            if r.get("final_tau") not in (None, "", tau):
+                tau = f"{tau} -> {r['final_tau']}"
+            out.append(f"| {r['run']} | {r['ema_parts']} | {tau or '-'} | {r['epochs']} | {_fmt(top, '.2f')} | "
+                       f"{_fmt(knn, '.2f')} | {_fmt(sec, '.1f')} | {_fmt(ratio, '.3f')} | {_fmt(d_top, '+.2f')} | "
+                       f"{_fmt(d_knn, '+.2f')} |")
+        if ref is None:
+            out += ["", f"(no `all` run of {method}: no ratios)"]
+        blocks.append("\n".join(out))
+    facts = []
+    for key in ("commit", "hardware", "command"):
+        values = list(dict.fromkeys(r.get(key, "") for r in rows if r.get(key)))
+        if values:
+            facts.append(f"{key}: " + "; ".join(values))
+    return "\n\n".join(blocks) + ("\n\n" + "\n".join(facts) if facts else "") + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The report's flags."""
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
@@ -230,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, metavar="PATH", help="also write the comparison as CSV")
     p.add_argument("--paper", default=str(DEFAULT_PAPER_CSV), metavar="PATH",
                    help="the paper's numbers (default: zoo/paper_results.csv of this checkout)")
+    p.add_argument("--measured", default=None, metavar="CSV",
+                   help="print a measured results file (python -m solo_ema.analysis.evidence) with its ratios")
     p.add_argument("--tag", nargs=2, default=None, metavar=("TABLE", "ROW"),
                    help="filter: add table and row to the JSON lines on stdin (the table scripts' DRY_RUN)")
     return p
@@ -242,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.tag is not None:
             tag(args.tag[0], args.tag[1], sys.stdin, sys.stdout)
+            return 0
+        if args.measured is not None:
+            sys.stdout.write(format_measured(load_measured(args.measured)))
             return 0
         paper = load_paper(args.paper)
         known = list(dict.fromkeys(p["table"] for p in paper))

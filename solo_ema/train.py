@@ -17,7 +17,7 @@ from .analysis.callbacks import CostLogger, analysis_callbacks
 from .analysis.cost import cost_of, format_cost
 from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
-from .engine.callbacks import StepProgressBar, StepTimer
+from .engine.callbacks import DevicePlacement, StepProgressBar, StepTimer
 from .engine.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumableCSVLogger, RNGState
 from .errors import UsageError
 from .pretrain import build_model
@@ -52,6 +52,17 @@ def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.u
     """Training loader ([indexes, crops, targets]) and validation loader ((x, y)) from the config."""
     d = cfg.data
     recipes = [ViewRecipe.from_dict(a) for a in cfg.augmentations]
+    if d.get("format") == "device":  # the split on the training device; DevicePlacement moves it there
+        from .data.device import build_device_loaders
+
+        try:
+            return build_device_loaders(
+                d.dataset, d.train_path, d.val_path, recipes, batch_size=cfg.optimizer.batch_size, seed=cfg.seed,
+                download=d.download, train_subset=d.train_subset, val_subset=d.val_subset,
+                with_val=bool(cfg.limit_val_batches),
+            )
+        except ValueError as exc:
+            raise UsageError(f"--device_data: {exc}") from None
     if d.get("format") == "dali":  # same recipes, files and labels; validation stays on torchvision
         from .data.dali import build_dali_pretrain_loader
 
@@ -150,8 +161,9 @@ def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | No
         raise UsageError(f"--track_weights: {exc}") from None
     cost_logger = CostLogger(cost, timer)
     ckpt = resume_checkpoint(cfg)
+    placement = [DevicePlacement(train_loader, val_loader)] if cfg.data.get("format") == "device" else []
     trainer = build_trainer(
-        cfg, [timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir, resuming=ckpt is not None
+        cfg, [*placement, timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir, resuming=ckpt is not None
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))

@@ -1,4 +1,5 @@
-"""Callbacks of the engine: step timing, a progress bar that counts the steps a run will really take."""
+"""Callbacks of the engine: step timing, a progress bar that counts the steps a run will really take,
+placing device-resident data."""
 
 from __future__ import annotations
 
@@ -54,3 +55,15 @@ class StepProgressBar(TQDMProgressBar):
         done_in_epoch = epoch_loop.batch_progress.current.ready if epoch_loop.restarting else 0
         left = (max_steps - self.trainer.global_step) * self.trainer.accumulate_grad_batches
         return min(total, done_in_epoch + left)
+
+
+class DevicePlacement(pl.Callback):
+    """Move device-resident loaders (objects with ``place(device, rank, world_size)``) to the training device."""
+
+    def __init__(self, *loaders: Any) -> None:
+        self.loaders = [loader for loader in loaders if loader is not None]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before any batch is drawn: the root device, global rank and world size of this process."""
+        for loader in self.loaders:
+            loader.place(trainer.strategy.root_device, trainer.global_rank, trainer.world_size)
