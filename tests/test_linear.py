@@ -126,3 +126,37 @@ def test_linear_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys) -> None:
         lines = err.strip().splitlines()
         assert out == "" and len(lines) == 1 and lines[0].startswith("solo-ema-linear: error: "), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_offline_paper_knn_matches_brute_force_on_the_frozen_features(tiny, tmp_path, capsys) -> None:
+    """--knn_metric paper --knn_only: results.json's knn_top1 is the paper metric (raw euclidean, 1/(d+1e-5),
+    k = 20) of the test features against the un-augmented training features, recomputed here in float64."""
+    from torch.utils.data import DataLoader
+
+    from solo_ema.linear import extract_features, make_dataset, test_transform
+
+    data, ckpt, _ = tiny
+    argv = ["--pretrained_feature_extractor", str(ckpt), "--data_dir", str(data), "--train_dir", "train",
+            "--val_dir", "val", "--batch_size", "8", "--num_workers", "0", "--log_dir", str(tmp_path / "runs"),
+            "--name", "knn", "--knn_metric", "paper", "--knn_only", "--accelerator", "cpu"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "runs" / "knn" / "results.json").read_text())
+    assert "top1" not in results and results["knn_metric"] == "paper" and results["knn_k"] == 20
+    backbone, _, _ = load_backbone(ckpt)
+    info = {"dataset": "custom", "train_path": str(data / "train"), "val_path": str(data / "val")}
+    feats = {}
+    for train in (True, False):
+        ds = make_dataset(info, train, test_transform("custom", 16), False, None, 5)
+        feats[train] = extract_features(backbone, DataLoader(ds, batch_size=8), torch.device("cpu"), None)
+    bank, bank_y = (t.double().numpy() for t in feats[True])
+    test, test_y = (t.numpy() for t in feats[False])
+    hits = 0
+    for q, y in zip(test.astype(np.float64), test_y):
+        d = np.sqrt(((bank - q) ** 2).sum(axis=1))
+        votes = np.zeros(3)
+        for j in np.argsort(d, kind="stable")[:20]:
+            votes[int(bank_y[j])] += 1.0 / (d[j] + 1e-5)
+        hits += int(np.argmax(votes) == y)
+    assert results["knn_top1"] == pytest.approx(100.0 * hits / len(test_y), abs=1e-9)
+    assert main([a for a in argv if a not in ("--knn_metric", "paper")]) == 2
+    assert "--knn_only: needs --knn_metric" in capsys.readouterr().err
