@@ -97,6 +97,8 @@ def paper_rows() -> OrderedDict[tuple[str, str], dict[str, str]]:
 
 PAPER = paper_rows()
 PAPER_TABLES = list(dict.fromkeys(t for t, _ in PAPER))
+with PAPER_CSV.open(newline="") as _f:
+    PAPER_VALUES = {(r["table"], r["row"], r["metric"]): r["value"] for r in csv.DictReader(_f)}
 
 
 @pytest.fixture(scope="module")
@@ -462,3 +464,24 @@ def test_bn1_tables_run_the_other_reading_as_documented(recorder, record, table:
     default = [c for c in run_script(TABLES / f"{table}.sh", [], record, recorder, ROWS=rows)[1]
                if c[:2] == ["-m", "solo_ema.pretrain"]]
     assert [resolve(c).method_kwargs.bn1_position for c in default] == ["projector", "projector"]
+
+
+def test_table4_cost_columns_in_the_papers_units(table_calls) -> None:
+    """Table 4's rows, as the script resolves them, count 53 / 3 EMA layers, 47.0 / 23.5 M backbone parameters held
+    and 2 / 1 backbone forwards: the paper's numbers within their printed rounding."""
+    import torchvision
+
+    from solo_ema.analysis.cost import cost_of
+
+    resnet50 = torchvision.models.resnet50()
+    backbone = sum(p.numel() for n, p in resnet50.named_parameters() if not n.startswith("fc."))
+    for call, tag in table_calls["4"]:
+        row = tag[-1]
+        cost = cost_of(resolve(call))
+        paper = {m: PAPER_VALUES[("4", row, m)] for m in ("ema_layers", "params_m", "backbone_forwards")}
+        assert cost["ema_layers_paper"] == int(paper["ema_layers"]), row
+        assert round(cost["params_m_paper"], 1) == pytest.approx(float(paper["params_m"])), row
+        assert cost["backbone_forwards_per_view"] == int(paper["backbone_forwards"]), row
+        copies = 2 if row == "dino-all" else 1
+        assert cost["backbone_params_held"] == copies * backbone
+        assert cost["ema_layers"] != cost["ema_layers_paper"]  # solo-ema's own count stays beside it
