@@ -14,6 +14,12 @@ the test split is evaluated after every epoch. Per epoch, ``<log_dir>/<name>/met
 lr, train_loss, train_acc1, val_loss, val_acc1, val_acc5 (the column names of the pretraining logs, so
 ``solo-ema-report`` can read either); the final top-1 / top-5 go to ``results.json`` and standard output.
 One process, one device (no DDP).
+
+``--knn_metric`` adds an offline kNN top-1 / top-5 (``knn_top1``, ``knn_top5`` in ``results.json``): the
+frozen features of the un-augmented training images are the bank, those of the test images the queries.
+``paper`` is the paper's KNN-1 (solo-learn 1.0.x: k = 20, euclidean on the raw features, weights
+1/(d + 1e-5)); online, that library banked the two augmented large crops of each training image instead.
+``--knn_only`` skips the linear layer.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--accelerator", default="auto", choices=("auto", "cpu", "gpu", "cuda"))
     a("--precision", default=None, choices=("32", "32-true", "16-mixed", "bf16-mixed"),
       help="backbone forward precision; default 16-mixed on GPU, 32 on CPU")
+    a("--knn_metric", default=None, choices=("cosine", "euclidean", "paper"),
+      help="also report an offline kNN (paper: the paper's KNN-1, solo-learn 1.0.x's metric)")
+    a("--knn_k", type=int, default=20, help="neighbours of the kNN")
+    a("--knn_only", action="store_true", help="only the kNN (needs --knn_metric); no linear layer")
     a("--seed", type=int, default=5)
     a("--name", default=None, help="run name (default: linear-<pretraining name>)")
     a("--log_dir", default="runs")
@@ -292,13 +302,28 @@ def run_linear(args: argparse.Namespace) -> dict[str, Any]:
     test_feats, test_labels = extract_features(
         backbone, DataLoader(test_set, batch_size=args.batch_size, shuffle=False, **loader_kw), device, args.precision
     )
-    if args.precompute_features:
+    knn: dict[str, float] = {}
+    if args.precompute_features or args.knn_metric:
         plain = make_dataset(data, True, test_transform(data["dataset"], data["crop_size"]), args.download,
                              args.train_subset, args.seed)
         train_feats, train_labels = extract_features(
             backbone, DataLoader(plain, batch_size=args.batch_size, shuffle=False, **loader_kw), device,
             args.precision,
         )
+    if args.knn_metric:
+        from .engine.knn import knn_accuracy
+
+        if len(train_labels) == 0 or len(test_labels) == 0:
+            raise UsageError("--data_dir: the kNN needs training and test images")
+        top1, top5 = knn_accuracy(train_feats.to(device), train_labels.to(device), test_feats.to(device),
+                                  test_labels.to(device), data["num_classes"], k=args.knn_k, distance=args.knn_metric)
+        knn = {"knn_top1": top1, "knn_top5": top5, "knn_metric": args.knn_metric, "knn_k": args.knn_k}
+        print(f"kNN ({args.knn_metric}, k={args.knn_k}): top-1 {top1:.2f} | top-5 {top5:.2f}", flush=True)
+        if args.knn_only:
+            out = {**knn, "run_dir": str(run_dir), "checkpoint": str(args.pretrained_feature_extractor)}
+            (run_dir / "results.json").write_text(json.dumps(out, indent=2))
+            return out
+    if args.precompute_features:
         train_loader = DataLoader(TensorDataset(train_feats, train_labels), batch_size=args.batch_size, shuffle=True)
     else:
         train_set = make_dataset(data, True, train_transform(data["dataset"], data["crop_size"], args.min_scale),
@@ -357,7 +382,7 @@ def run_linear(args: argparse.Namespace) -> dict[str, Any]:
         print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} | top-1 {result['val_acc1']:.2f} | "
               f"top-5 {result['val_acc5']:.2f} | {time.perf_counter() - start:.0f} s", flush=True)
         epoch += 1
-    out = {"top1": result["val_acc1"], "top5": result["val_acc5"], "val_loss": result["val_loss"],
+    out = {"top1": result["val_acc1"], "top5": result["val_acc5"], "val_loss": result["val_loss"], **knn,
            "epochs": epoch, "steps": step, "run_dir": str(run_dir),
            "checkpoint": str(args.pretrained_feature_extractor)}
     (run_dir / "results.json").write_text(json.dumps(out, indent=2))
@@ -374,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--{flag}: must be > 0, got {getattr(args, flag)}")
         if args.lr < 0 or args.weight_decay < 0:
             raise UsageError("--lr and --weight_decay must be >= 0")
+        if args.knn_k <= 0:
+            raise UsageError(f"--knn_k: must be > 0, got {args.knn_k}")
+        if args.knn_only and not args.knn_metric:
+            raise UsageError("--knn_only: needs --knn_metric (cosine, euclidean or paper)")
         out = run_linear(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -381,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(f"top-1 {out['top1']:.2f} | top-5 {out['top5']:.2f} | {out['run_dir']}")
+    if "top1" in out:
+        print(f"top-1 {out['top1']:.2f} | top-5 {out['top5']:.2f} | {out['run_dir']}")
     return 0
 
 

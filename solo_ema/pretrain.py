@@ -28,6 +28,16 @@ IMAGENET_DATASETS = ("imagenet100", "imagenet")
 FOLDER_DATASETS = (*IMAGENET_DATASETS, "custom")
 SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 DEVICE_DATA_DATASETS = (*SMALL_DATASETS, "custom")  # solo_ema.data.device.DEVICE_DATASETS
+KNN_METRICS = ("cosine", "euclidean", "paper")  # knn_eval.distance_func (solo_ema.engine.knn.DISTANCES)
+
+
+def bn1_position(value: str) -> str:
+    """One of BN1_POSITIONS, for --bn1_position."""
+    from .engine.base import BN1_POSITIONS
+
+    if value not in BN1_POSITIONS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(BN1_POSITIONS)}, got '{value}'")
+    return value
 
 
 def str2bool(value: str) -> bool:
@@ -48,6 +58,7 @@ METHOD_FLAGS: dict[str, Callable[[str], Any]] = {
     "pred_hidden_dim": int,
     "bn_backbone_out": str2bool,  # BN1 of Table C.8: BatchNorm on the backbone output, before the projector
     "bn_projector_out": str2bool,  # BN2 of Table C.8: BatchNorm as the projector's last layer
+    "bn1_position": bn1_position,  # BN1 in the projector path only (default) or on the backbone output
     "temperature": float,  # MoCo v2+, SimCLR
     "queue_size": int,  # MoCo v2+, ReSSL
     "temperature_q": float,  # ReSSL
@@ -152,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--momentum_classifier", action="store_true")
     a("--knn_eval", action="store_true")
     a("--knn_k", type=int, default=20)
+    a("--knn_metric", default=None, choices=KNN_METRICS,
+      help="kNN metric (implies --knn_eval): cosine (default; first large crop, last 50k samples), euclidean "
+           "(normalised features), paper (solo-learn 1.0.x, the paper's KNN-1: raw features, weights "
+           "1/(d+1e-5), both large crops of the epoch)")
     a("--no_channel_last", action="store_true")
     a("--name", default=None, help="run name (folder under --log_dir)")
     a("--project", default="solo-ema")
@@ -240,6 +255,9 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     for flag in ("lr", "classifier_lr", "weight_decay", "min_lr", "warmup_start_lr", "eta_lars"):
         _check(getattr(args, flag) >= 0, f"--{flag}", f"must be >= 0, got {getattr(args, flag)}")
     _check(args.batch_size > 0, "--batch_size", f"must be > 0, got {args.batch_size}")
+    _check(args.knn_k > 0, "--knn_k", f"must be > 0, got {args.knn_k}")
+    _check(args.bn1_position is None or bool(args.bn_backbone_out), "--bn1_position",
+           "places BN1, so it needs --bn_backbone_out")
     _check(args.checkpoint_frequency > 0, "--checkpoint_frequency", f"must be > 0, got {args.checkpoint_frequency}")
     _check(args.checkpoint_every_n_steps is None or args.checkpoint_every_n_steps > 0, "--checkpoint_every_n_steps",
            f"must be > 0, got {args.checkpoint_every_n_steps}")
@@ -329,7 +347,8 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
             "parts_spec": spec,
         },
         "method_kwargs": method_kwargs,
-        "knn_eval": {"enabled": args.knn_eval, "k": args.knn_k},
+        "knn_eval": {"enabled": args.knn_eval or args.knn_metric is not None, "k": args.knn_k,
+                     "distance_func": args.knn_metric or "cosine"},
         "performance": {"disable_channel_last": args.no_channel_last},
         "max_epochs": args.max_epochs,
         "max_steps": args.max_steps,

@@ -6,7 +6,13 @@ Each row of a paper table is run by ``bash_files/tables/<table>.sh`` under the n
 value, this run's value and the difference (run - paper).
 
 Metric mapping: top1 -> the last non-empty ``val_acc1`` (online linear classifier), top5 -> ``val_acc5``,
-knn1 -> ``val_knn_acc1``, minutes_per_epoch -> mean ``epoch_time`` / 60; any other metric -> n/a.
+knn1 -> ``val_knn_acc1``, minutes_per_epoch -> mean ``epoch_time`` / 60; Table 4's counts in the paper's
+units: ema_layers -> ``cost/ema_layers_paper``, params_m -> ``cost/params_m_paper``, backbone_forwards ->
+``cost/backbone_forwards_per_view`` (n/a for logs written before these columns existed, printed with the
+paper's decimals); wall_minutes (Appendix A) -> the sum of ``epoch_time`` / 60; any other metric -> n/a.
+
+``--dry_runs PATH`` (``-``: standard input) reads the JSON lines that a table script prints under
+``DRY_RUN=1`` and takes Table 4's counts from their ``cost`` object, so the cost columns fill without a run.
 
 ``--measured CSV`` prints a results file of ``python -m solo_ema.analysis.evidence`` (e.g. the evidence runs of
 ``bash_files/evidence/``) as a markdown table per method, with the ratios against the method's ``all`` run:
@@ -39,11 +45,16 @@ METRICS: dict[str, tuple[str, str]] = {
     "top5": ("val_acc5", "last"),
     "knn1": ("val_knn_acc1", "last"),
     "minutes_per_epoch": ("epoch_time", "mean_minutes"),
+    "ema_layers": ("cost/ema_layers_paper", "cost"),
+    "params_m": ("cost/params_m_paper", "cost"),
+    "backbone_forwards": ("cost/backbone_forwards_per_view", "cost"),
+    "wall_minutes": ("epoch_time", "sum_minutes"),
 }
 NO_RUN = "no run"
 NOT_AVAILABLE = "n/a"
 NO_VALUE = "no value"
 NO_PAPER_VALUE = "-"
+DRY_RUN_ONLY = "dry run"
 COLUMNS = ("row", "metric", "paper", "this run", "diff")
 CSV_COLUMNS = ("table", "row", "run", "metric", "paper", "this_run", "diff")
 
@@ -68,6 +79,7 @@ class Line:
     paper: str
     this_run: str
     diff: str
+    has_run: bool = True  # False: no metrics.csv (the value is 'no run', or comes from a dry run)
 
 
 def run_name(table: str, row: str) -> str:
@@ -148,28 +160,59 @@ def metric_value(rows: Sequence[dict[str, str]], metric: str) -> float | str:
     column, how = METRICS[metric]
     values = _floats(rows, column)
     if not values:
-        return NO_VALUE
-    if how == "last":
+        return NOT_AVAILABLE if how == "cost" else NO_VALUE
+    if how in ("last", "cost"):
         return values[-1]
+    if how == "sum_minutes":
+        return sum(values) / 60.0
     return sum(values) / len(values) / 60.0
 
 
-def compare(paper: Sequence[dict[str, str]], log_dir: str | Path, tables: Sequence[str]) -> list[Line]:
-    """One Line per paper (table, row, metric) of the given tables (in their order), with this run's value."""
+def read_dry_runs(src: TextIO) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """{(table, row): one metrics-like row of ``cost/<key>`` values} from tagged ``--dry_run`` JSON lines."""
+    out: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for line in src:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "table" in obj and "row" in obj and isinstance(obj.get("cost"), dict):
+            costs = {f"cost/{k}": str(v) for k, v in obj["cost"].items() if isinstance(v, int | float)}
+            out[(str(obj["table"]), str(obj["row"]))] = [costs]
+    return out
+
+
+def _decimals(text: str) -> int:
+    return len(text.split(".", 1)[1]) if "." in text else 0
+
+
+def compare(paper: Sequence[dict[str, str]], log_dir: str | Path, tables: Sequence[str],
+            dry_runs: dict[tuple[str, str], list[dict[str, str]]] | None = None) -> list[Line]:
+    """One Line per paper (table, row, metric) of the given tables (in their order), with this run's value
+    (Table 4's counts from ``dry_runs`` where given)."""
     lines = []
     cache: dict[str, list[dict[str, str]] | None] = {}
+    dry_runs = dry_runs or {}
     for p in sorted((p for p in paper if p["table"] in tables), key=lambda p: tables.index(p["table"])):
         name = run_name(p["table"], p["row"])
         if name not in cache:
             cache[name] = read_metrics(Path(log_dir) / name)
         rows = cache[name]
+        dry = dry_runs.get((p["table"], p["row"]))
+        is_cost = METRICS.get(p["metric"], ("", ""))[1] == "cost"
         paper_text = p["value"].strip() or NO_PAPER_VALUE
-        value: float | str = NO_RUN if rows is None else metric_value(rows, p["metric"])
+        if dry is not None and is_cost:
+            value: float | str = metric_value(dry, p["metric"])
+        elif rows is None:
+            value = DRY_RUN_ONLY if dry is not None else NO_RUN
+        else:
+            value = metric_value(rows, p["metric"])
+        places = _decimals(paper_text) if is_cost and paper_text != NO_PAPER_VALUE else 2
         diff = ""
         if isinstance(value, float) and paper_text != NO_PAPER_VALUE:
-            diff = f"{value - float(paper_text):+.2f}"
-        this_run = f"{value:.2f}" if isinstance(value, float) else value
-        lines.append(Line(p["table"], p["row"], name, p["metric"], paper_text, this_run, diff))
+            diff = f"{value - float(paper_text):+.{places}f}"
+        this_run = f"{value:.{places}f}" if isinstance(value, float) else value
+        lines.append(Line(p["table"], p["row"], name, p["metric"], paper_text, this_run, diff, rows is not None))
     return lines
 
 
@@ -178,12 +221,14 @@ def format_markdown(lines: Sequence[Line], tables: Sequence[str]) -> str:
     blocks = []
     for table in tables:
         mine = [ln for ln in lines if ln.table == table]
-        ran = len({ln.row for ln in mine if ln.this_run != NO_RUN})
+        ran = len({ln.row for ln in mine if ln.has_run})
+        dry = len({ln.row for ln in mine if not ln.has_run and ln.this_run != NO_RUN})
         rows = len({ln.row for ln in mine})
         out = [
             f"## {table_title(table)}",
             "",
-            f"bash bash_files/tables/{script_name(table)}: {ran} of {rows} rows have a run",
+            f"bash bash_files/tables/{script_name(table)}: {ran} of {rows} rows have a run"
+            + (f", {dry} a dry run only" if dry else ""),
             "",
             "| " + " | ".join(COLUMNS) + " |",
             "|" + "|".join(["---"] * 2 + ["---:"] * 3) + "|",
@@ -298,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's numbers (default: zoo/paper_results.csv of this checkout)")
     p.add_argument("--measured", default=None, metavar="CSV",
                    help="print a measured results file (python -m solo_ema.analysis.evidence) with its ratios")
+    p.add_argument("--dry_runs", default=None, metavar="PATH",
+                   help="JSON lines of a table script under DRY_RUN=1 ('-': stdin): Table 4's counts from their cost")
     p.add_argument("--tag", nargs=2, default=None, metavar=("TABLE", "ROW"),
                    help="filter: add table and row to the JSON lines on stdin (the table scripts' DRY_RUN)")
     return p
@@ -317,7 +364,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         paper = load_paper(args.paper)
         known = list(dict.fromkeys(p["table"] for p in paper))
         tables = known if not args.table else list(dict.fromkeys(canonical_table(t, known) for t in args.table))
-        lines = compare(paper, args.log_dir, tables)
+        dry_runs = None
+        if args.dry_runs == "-":
+            dry_runs = read_dry_runs(sys.stdin)
+        elif args.dry_runs is not None:
+            if not Path(args.dry_runs).is_file():
+                raise UsageError(f"--dry_runs: no such file '{args.dry_runs}'")
+            with open(args.dry_runs, encoding="utf-8") as f:
+                dry_runs = read_dry_runs(f)
+        lines = compare(paper, args.log_dir, tables, dry_runs)
         sys.stdout.write(format_markdown(lines, tables))
         if args.csv:
             write_csv(lines, args.csv)

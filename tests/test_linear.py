@@ -154,3 +154,57 @@ def test_linear_separates_a_colour_coded_set_well_above_chance(tmp_path, precomp
         rows = list(csv.DictReader(f))
     assert results["top1"] >= 75.0
     assert float(rows[-1]["train_loss"]) < 0.5 * math.log(4) < float(rows[0]["train_loss"])
+
+
+def test_offline_paper_knn_matches_brute_force_on_the_frozen_features(tiny, tmp_path, capsys) -> None:
+    """--knn_metric paper --knn_only: results.json's knn_top1 is the paper metric (raw euclidean, 1/(d+1e-5),
+    k = 20) of the test features against the un-augmented training features, recomputed here in float64, on
+    images whose class does not show (so the metric decides: the cosine kNN scores differently here)."""
+    from torch.utils.data import DataLoader
+
+    from solo_ema.linear import extract_features, make_dataset, test_transform
+
+    _, ckpt, _ = tiny
+    rng = np.random.default_rng(3)
+    data = tmp_path / "noise"
+    for split in ("train", "val"):
+        for c in range(4):
+            (data / split / f"c{c}").mkdir(parents=True)
+            for i in range(8):
+                pixels = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+                Image.fromarray(pixels).save(data / split / f"c{c}" / f"{i}.png")
+    argv = ["--pretrained_feature_extractor", str(ckpt), "--data_dir", str(data), "--train_dir", "train",
+            "--val_dir", "val", "--batch_size", "8", "--num_workers", "0", "--log_dir", str(tmp_path / "runs"),
+            "--name", "knn", "--knn_metric", "paper", "--knn_only", "--accelerator", "cpu"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "runs" / "knn" / "results.json").read_text())
+    assert "top1" not in results and results["knn_metric"] == "paper" and results["knn_k"] == 20
+    backbone, _, _ = load_backbone(ckpt)
+    info = {"dataset": "custom", "train_path": str(data / "train"), "val_path": str(data / "val")}
+    feats = {}
+    for train in (True, False):
+        ds = make_dataset(info, train, test_transform("custom", 16), False, None, 5)
+        feats[train] = extract_features(backbone, DataLoader(ds, batch_size=8), torch.device("cpu"), None)
+    bank, bank_y = (t.double().numpy() for t in feats[True])
+    test, test_y = (t.double().numpy() for t in feats[False])
+
+    def top1(paper: bool) -> float:
+        hits = 0
+        unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+        for q, y in zip(test, test_y):
+            votes = np.zeros(4)
+            if paper:
+                d = np.sqrt(((bank - q) ** 2).sum(axis=1))
+                for j in np.argsort(d, kind="stable")[:20]:
+                    votes[int(bank_y[j])] += 1.0 / (d[j] + 1e-5)
+            else:
+                sim = unit @ (q / np.linalg.norm(q))
+                for j in np.argsort(-sim, kind="stable")[:20]:
+                    votes[int(bank_y[j])] += np.exp(sim[j] / 0.07)
+            hits += int(np.argmax(votes) == y)
+        return 100.0 * hits / len(test_y)
+
+    assert top1(paper=True) != top1(paper=False)
+    assert results["knn_top1"] == pytest.approx(top1(paper=True), abs=1e-9)
+    assert main([a for a in argv if a not in ("--knn_metric", "paper")]) == 2
+    assert "--knn_only: needs --knn_metric" in capsys.readouterr().err

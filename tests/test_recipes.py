@@ -97,6 +97,8 @@ def paper_rows() -> OrderedDict[tuple[str, str], dict[str, str]]:
 
 PAPER = paper_rows()
 PAPER_TABLES = list(dict.fromkeys(t for t, _ in PAPER))
+with PAPER_CSV.open(newline="") as _f:
+    PAPER_VALUES = {(r["table"], r["row"], r["metric"]): r["value"] for r in csv.DictReader(_f)}
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +250,7 @@ RECIPES = {
                                       views=views([2], 0.4, 0.4, 0.4, 0.1, [0.5], [0])),
     ("imagenet", "byol"): dict(opt={"optimizer.name": "lars", "optimizer.kwargs.eta": 0.001,
                                     "optimizer.kwargs.clip_lr": False, "optimizer.kwargs.exclude_bias_n_norm": True},
-                               lr=0.45 * 16, cls=0.2, wd=1e-6, tau=(0.99, 1.0), momcls=True, accumulate=16,
+                               lr=0.45 * 16, cls=0.2 * 16, wd=1e-6, tau=(0.99, 1.0), momcls=True, accumulate=16,
                                kw={"proj_output_dim": 256, "proj_hidden_dim": 4096, "pred_hidden_dim": 4096},
                                views=IN_ASYM),
     ("imagenet", "mocov2plus"): dict(opt=SGD, lr=0.3, cls=0.4, wd=3e-5, tau=(0.99, 0.999), momcls=True,
@@ -278,6 +280,9 @@ def test_pretrain_recipe_values(pretrain_calls, ds, method) -> None:
         assert (cfg.devices, cfg.optimizer.batch_size, cfg.strategy) == (s["devices"], s["batch"], s["strategy"])
         assert cfg.sync_batchnorm is (ds != "cifar" and r.get("sync", True))
         assert cfg.accumulate_grad_batches == r.get("accumulate", 1)
+        # solo-learn 1.0.5 multiplied lr, classifier lr, warm-up start lr and min lr by the accumulation
+        assert cfg.scheduler.warmup_start_lr == pytest.approx(3e-5 * r.get("accumulate", 1))
+        assert cfg.scheduler.min_lr == 0.0
         assert bool(cfg.backbone.kwargs.zero_init_residual) is r.get("zero_init", False)
         for key_, value in r["opt"].items():
             assert get(cfg, key_) == value, key_
@@ -374,8 +379,10 @@ def test_table_rows_and_settings_match_the_paper(table_calls, table) -> None:
             assert cfg.method_kwargs.proj_hidden_dim == int(p["proj_hidden_dim"])
         assert bool(cfg.method_kwargs.bn_backbone_out) is (p["bn1"] == "1")
         assert bool(cfg.method_kwargs.bn_projector_out) is (p["bn2"] == "1")
-        if "knn1" in p["metrics"]:
-            assert cfg.knn_eval.enabled
+        if "knn1" in p["metrics"]:  # the paper's KNN-1: solo-learn 1.0.x's metric
+            assert cfg.knn_eval.enabled and cfg.knn_eval.distance_func == "paper"
+        else:
+            assert not cfg.knn_eval.enabled
         if int(p["epochs"]) == 0:  # the fixed random encoder: only the linear classifier learns
             assert cfg.optimizer.classifier_lr > 0 and cfg.max_epochs == 200
 
@@ -439,3 +446,42 @@ def test_linear_scripts_pass_checkpoint_folders_and_extra_flags(dataset: str) ->
         assert argv[-2 - len(folders):-2] == folders
         missing = subprocess.run(["bash", str(script)], capture_output=True, text=True)
         assert missing.returncode == 2 and "usage:" in missing.stderr
+
+
+@pytest.mark.parametrize("table", ["tableC8", "tableD9"])
+def test_bn1_tables_run_the_other_reading_as_documented(recorder, record, table: str) -> None:
+    """The header's command for the second BN1 reading: the BN1 rows with --bn1_position backbone."""
+    rows = "projector-bn1 projector-bn1-bn2"
+    proc, calls = run_script(TABLES / f"{table}.sh", ["--bn1_position", "backbone"], record, recorder, ROWS=rows)
+    assert proc.returncode == 0, proc.stderr
+    header = (TABLES / f"{table}.sh").read_text()
+    assert "--bn1_position backbone" in header and "--bn1_position projector" in header
+    pretrain = [c for c in calls if c[:2] == ["-m", "solo_ema.pretrain"]]
+    assert len(pretrain) == 2
+    for call in pretrain:
+        cfg = resolve(call)
+        assert cfg.method_kwargs.bn_backbone_out and cfg.method_kwargs.bn1_position == "backbone"
+    default = [c for c in run_script(TABLES / f"{table}.sh", [], record, recorder, ROWS=rows)[1]
+               if c[:2] == ["-m", "solo_ema.pretrain"]]
+    assert [resolve(c).method_kwargs.bn1_position for c in default] == ["projector", "projector"]
+
+
+def test_table4_cost_columns_in_the_papers_units(table_calls) -> None:
+    """Table 4's rows, as the script resolves them, count 53 / 3 EMA layers, 47.0 / 23.5 M backbone parameters held
+    and 2 / 1 backbone forwards: the paper's numbers within their printed rounding."""
+    import torchvision
+
+    from solo_ema.analysis.cost import cost_of
+
+    resnet50 = torchvision.models.resnet50()
+    backbone = sum(p.numel() for n, p in resnet50.named_parameters() if not n.startswith("fc."))
+    for call, tag in table_calls["4"]:
+        row = tag[-1]
+        cost = cost_of(resolve(call))
+        paper = {m: PAPER_VALUES[("4", row, m)] for m in ("ema_layers", "params_m", "backbone_forwards")}
+        assert cost["ema_layers_paper"] == int(paper["ema_layers"]), row
+        assert round(cost["params_m_paper"], 1) == pytest.approx(float(paper["params_m"])), row
+        assert cost["backbone_forwards_per_view"] == int(paper["backbone_forwards"]), row
+        copies = 2 if row == "dino-all" else 1
+        assert cost["backbone_params_held"] == copies * backbone
+        assert cost["ema_layers"] != cost["ema_layers_paper"]  # solo-ema's own count stays beside it

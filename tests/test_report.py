@@ -174,3 +174,53 @@ def test_report_on_the_shipped_paper_csv_without_runs(capsys, tmp_path) -> None:
     assert all(" | no run |" in ln for ln in body)
     for title in ("## Table 1", "## Table 2", "## Table 7", "## Table C.8", "## Table D.9", "## Fig. 4", "## Fig. 6"):
         assert title in out
+
+
+PAPER_T4 = """table,row,metric,value,method,ema_parts,beta
+4,dino-all,ema_layers,53,dino,all,0.99
+4,dino-all,params_m,47.0,dino,all,0.99
+4,dino-all,backbone_forwards,2,dino,all,0.99
+4,dino-all,top1,67.9,dino,all,0.99
+4,dino-projector,ema_layers,3,dino,projector,0.99
+4,dino-projector,params_m,23.5,dino,projector,0.99
+4,dino-projector,wall_minutes,1100.5,dino,projector,0.99
+"""
+
+
+def test_report_fills_table4_counts_from_dry_runs_and_run_logs(capsys, tmp_path, monkeypatch) -> None:
+    """--dry_runs (a file or '-') fills the paper-unit counts, printed with the paper's decimals; a run's
+    metrics.csv gives them from cost/*_paper, and wall_minutes is the sum of its epoch times."""
+    paper = tmp_path / "paper.csv"
+    paper.write_text(PAPER_T4)
+    dry = tmp_path / "dry.jsonl"
+    dry.write_text("not json\n" + json.dumps({"table": "4", "row": "dino-all", "cost": {
+        "ema_layers": 57, "ema_layers_paper": 53, "params_m_paper": 47.0161, "backbone_forwards_per_view": 2,
+        "ema_parts": "all"}}) + "\n")
+    write_metrics(tmp_path / "runs" / "table4-dino-projector", [
+        {"epoch": 0, "step": 0, "cost/ema_layers_paper": 3.0, "cost/params_m_paper": 23.508},
+        {"epoch": 0, "step": 5, "epoch_time": 33000.0},
+        {"epoch": 1, "step": 10, "epoch_time": 33060.0},
+    ])
+    argv = ["--paper", str(paper), "--log_dir", str(tmp_path / "runs"), "--table", "4"]
+    assert main([*argv, "--dry_runs", str(dry)]) == 0
+    out = capsys.readouterr().out
+    assert out == """## Table 4
+
+bash bash_files/tables/table4.sh: 1 of 2 rows have a run, 1 a dry run only
+
+| row | metric | paper | this run | diff |
+|---|---|---:|---:|---:|
+| dino-all | ema_layers | 53 | 53 | +0 |
+| dino-all | params_m | 47.0 | 47.0 | +0.0 |
+| dino-all | backbone_forwards | 2 | 2 | +0 |
+| dino-all | top1 | 67.9 | dry run |  |
+| dino-projector | ema_layers | 3 | 3 | +0 |
+| dino-projector | params_m | 23.5 | 23.5 | +0.0 |
+| dino-projector | wall_minutes | 1100.5 | 1101.00 | +0.50 |
+"""
+    monkeypatch.setattr("sys.stdin", io.StringIO(dry.read_text()))
+    assert main([*argv, "--dry_runs", "-"]) == 0
+    assert capsys.readouterr().out == out
+    assert main([*argv, "--dry_runs", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"solo-ema-report: error: --dry_runs: no such file '{tmp_path}/missing.jsonl'"]

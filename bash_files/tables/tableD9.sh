@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Table D.9 of the paper (Appendix D): BYOL on CIFAR-10 (ResNet-18, 200 epochs) with and without momentum,
 # and projector-only EMA (beta 0.99) with BN1 (--bn_backbone_out) and/or BN2 (--bn_projector_out). 6 runs.
+# BN1 has two readings (see tableC8.sh). Default (--bn1_position projector): a BatchNorm1d on the pooled backbone
+# feature in the projector path only. The other, BN1 on the backbone output that the classifier sees too:
+#   ROWS="projector-bn1 projector-bn1-bn2" LOG_DIR=runs-bn1-backbone \
+#       bash bash_files/tables/tableD9.sh --bn1_position backbone
 #
 # Usage: bash bash_files/tables/tableD9.sh [extra flags for every run]
 #   ROWS="projector projector-bn1-bn2" ...   run only these rows;  DRY_RUN=1 ...  print the configs only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,12 +17,16 @@ from ..ema import PartialEMA, Stage, check_taus, parse_ema_spec, resnet_stages, 
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
 from .distributed import gather_uneven
-from .knn import KNNBank, knn_accuracy
+from .knn import DISTANCES, KNNBank, knn_accuracy
 from .lars import LARS
 from .schedule import SCHEDULERS, build_scheduler
 
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 OPTIMIZERS = ("sgd", "lars")
+# Where BN1 (Table C.8's BatchNorm "on the output of block 4") sits: on the pooled feature in the projector
+# path only ("projector", the default), or on the backbone output that everything downstream sees
+# ("backbone": classifier, kNN, projector and the target pass).
+BN1_POSITIONS = ("projector", "backbone")
 
 
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
@@ -57,10 +62,13 @@ class BaseMethod(pl.LightningModule):
         self.num_crops = self.num_large_crops + self.num_small_crops
         self.channels_last = not cfg.performance.disable_channel_last
         self.knn_bank = KNNBank(max_size=cfg.knn_eval.max_train) if cfg.knn_eval.enabled else None
+        # solo-learn 1.0.x (the paper's KNN-1) banked the features of every large crop; solo-ema's own kNN the first
+        self.knn_bank_crops = self.num_large_crops if cfg.knn_eval.distance_func == "paper" else 1
         self.knn_val = KNNBank() if cfg.knn_eval.enabled else None
         self.validation_step_outputs: list[dict[str, Any]] = []
-        # BN1 of the paper's Table C.8: BatchNorm on the backbone output, before the projector only
+        # BN1 of the paper's Table C.8, on the pooled backbone output (where: method_kwargs.bn1_position)
         self.feats_bn = nn.BatchNorm1d(self.features_dim) if cfg.method_kwargs.bn_backbone_out else None
+        self.bn1_on_backbone = self.feats_bn is not None and cfg.method_kwargs.bn1_position == "backbone"
         self.build_heads()
 
     # configuration -----------------------------------------------------------------------------
@@ -93,12 +101,17 @@ class BaseMethod(pl.LightningModule):
         cfg_default(cfg, "knn_eval.enabled", False)
         cfg_default(cfg, "knn_eval.k", 20)
         cfg_default(cfg, "knn_eval.temperature", 0.07)
-        cfg_default(cfg, "knn_eval.distance_func", "cosine")
-        cfg_default(cfg, "knn_eval.max_train", 50000)
+        if cfg_default(cfg, "knn_eval.distance_func", "cosine") not in DISTANCES:
+            raise ValueError(f"knn_eval.distance_func must be one of {', '.join(DISTANCES)}")
+        # solo-learn 1.0.x kept the whole epoch's bank; solo-ema's own kNN keeps the last 50k samples
+        if cfg_get(cfg, "knn_eval.max_train") is None:
+            cfg.knn_eval.max_train = None if cfg.knn_eval.distance_func == "paper" else 50000
         cfg_default(cfg, "performance.disable_channel_last", False)
         cfg_default(cfg, "method_kwargs", {})
         cfg_default(cfg, "method_kwargs.bn_backbone_out", False)
         cfg_default(cfg, "method_kwargs.bn_projector_out", False)
+        if cfg_default(cfg, "method_kwargs.bn1_position", "projector") not in BN1_POSITIONS:
+            raise ValueError(f"method_kwargs.bn1_position must be one of {', '.join(BN1_POSITIONS)}")
         return cfg
 
     def build_heads(self) -> None:
@@ -108,9 +121,17 @@ class BaseMethod(pl.LightningModule):
         """Module paths run on the backbone output before the projector (e.g. a BatchNorm)."""
         return ["feats_bn"] if self.feats_bn is not None else []
 
+    def features(self, X: torch.Tensor) -> torch.Tensor:
+        """The features the classifier, the kNN and the heads see: the backbone output (BN1 on it when
+        ``bn1_position`` is ``backbone``)."""
+        feats = self.backbone(self.to_input(X))
+        return self.feats_bn(feats) if self.bn1_on_backbone else feats
+
     def project(self, feats: torch.Tensor) -> torch.Tensor:
-        """The projector on the backbone features (through BN1 first when ``bn_backbone_out`` is set)."""
-        return self.projector(self.feats_bn(feats) if self.feats_bn is not None else feats)
+        """The projector on the features (through BN1 first when it sits in the projector path)."""
+        if self.feats_bn is not None and not self.bn1_on_backbone:
+            feats = self.feats_bn(feats)
+        return self.projector(feats)
 
     def head_forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """The method's heads on the backbone features of a crop (e.g. {'z', 'p'}); none in the base method."""
@@ -127,8 +148,15 @@ class BaseMethod(pl.LightningModule):
         return projector
 
     def encoder_stages(self) -> list[Stage]:
-        """The encoder (backbone, then projector) as ordered stages for partial EMA."""
-        return resnet_stages("backbone", "projector", between=self.feature_stages())
+        """The encoder (backbone, then projector) as ordered stages for partial EMA.
+
+        With BN1 on the backbone output, the target's ``feats`` are taken after BN1, as the online ones.
+        """
+        stages = resnet_stages("backbone", "projector", between=self.feature_stages())
+        if self.bn1_on_backbone:
+            stages = [replace(s, output=None) if s.output == "feats" else s for s in stages]
+            stages = [replace(s, output="feats") if s.path == "feats_bn" else s for s in stages]
+        return stages
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
@@ -182,12 +210,12 @@ class BaseMethod(pl.LightningModule):
 
     def forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """Online backbone features, classifier logits (on detached features) and the heads' outputs."""
-        feats = self.backbone(self.to_input(X))
+        feats = self.features(X)
         return {"feats": feats, "logits": self.classifier(feats.detach()), **self.head_forward(feats)}
 
     def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward of a small crop: backbone features and the heads' outputs (no classifier)."""
-        feats = self.backbone(self.to_input(X))
+        feats = self.features(X)
         return {"feats": feats, **self.head_forward(feats)}
 
     def _classifier_step(self, out: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,7 +247,11 @@ class BaseMethod(pl.LightningModule):
             sync_dist=True,
         )
         if self.knn_bank is not None:
-            self.knn_bank.add(outs["feats"][0], targets)
+            feats = torch.cat(outs["feats"][: self.knn_bank_crops])
+            labels = targets.repeat(self.knn_bank_crops)
+            if self.knn_bank_crops > 1:  # the paper-era bank drops unlabelled samples, as solo-learn 1.0.x
+                feats, labels = feats[labels != -1], labels[labels != -1]
+            self.knn_bank.add(feats, labels)
         return outs
 
     def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -247,7 +279,10 @@ class BaseMethod(pl.LightningModule):
             self.log_dict(means, sync_dist=True)
         if self.knn_bank is not None and self.knn_val is not None and len(self.knn_val) and len(self.knn_bank):
             banks = [self.knn_bank.features(), self.knn_bank.labels(), self.knn_val.features(), self.knn_val.labels()]
-            bank, bank_y, val, val_y = (gather_uneven(self, t.to(self.device)).cpu() for t in banks)
+            gathered = [gather_uneven(self, t.to(self.device)) for t in banks]
+            # the paper-era metric scans the whole epoch's bank of two crops: on the accelerator
+            bank, bank_y, val, val_y = (t if self.cfg.knn_eval.distance_func == "paper" else t.cpu()
+                                        for t in gathered)
             acc1, acc5 = knn_accuracy(
                 bank,
                 bank_y,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DISTANCES", "KNNBank", "knn_accuracy", "weighted_knn_predict"]
+__all__ = ["DISTANCES", "PAPER_EPS", "KNNBank", "knn_accuracy", "weighted_knn_predict"]
 
-DISTANCES = ("cosine", "euclidean")
+DISTANCES = ("cosine", "euclidean", "paper")
+PAPER_EPS = 1e-5  # solo-learn 1.0.x: each neighbour votes with 1 / (d + 1e-5)
+_REFINE_ELEMENTS = 1 << 25  # float64 elements of one block of the "paper" distance (256 MiB)
 
 
 def weighted_knn_predict(
@@ -22,11 +24,13 @@ def weighted_knn_predict(
 ) -> torch.Tensor:
     """Return weighted kNN class scores of shape ``(N_test, num_classes)``.
 
-    Features are L2-normalised. With ``"cosine"`` the ``k`` most similar training samples vote
-    with weight ``exp(s / temperature)`` (``s`` the cosine similarity); with ``"euclidean"`` the
-    ``k`` nearest ones vote with weight ``exp(-d / temperature)`` (``d`` the euclidean distance
-    between the normalised features). ``k`` is clamped to the number of training samples; test
-    features are processed ``chunk_size`` rows at a time.
+    ``"cosine"`` and ``"euclidean"`` L2-normalise the features. With ``"cosine"`` the ``k`` most
+    similar training samples vote with weight ``exp(s / temperature)`` (``s`` the cosine similarity);
+    with ``"euclidean"`` the ``k`` nearest ones vote with weight ``exp(-d / temperature)`` (``d`` the
+    euclidean distance between the normalised features). ``"paper"`` is the metric of solo-learn
+    1.0.x that the paper reports as KNN-1: euclidean distance ``d`` between the *raw* features, the
+    ``k`` nearest vote with weight ``1 / (d + 1e-5)`` (``temperature`` unused). ``k`` is clamped to
+    the number of training samples; test features are processed ``chunk_size`` rows at a time.
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
@@ -38,13 +42,22 @@ def weighted_knn_predict(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     dtype = torch.promote_types(train_feats.dtype, torch.float32)
     device = train_feats.device
-    train = F.normalize(train_feats.to(dtype), dim=1)
+    train = train_feats.to(dtype)
+    if distance != "paper":
+        train = F.normalize(train, dim=1)
     labels = train_labels.to(device=device, dtype=torch.long)
     k = max(1, min(int(k), train.shape[0]))
 
     out = []
     for start in range(0, test_feats.shape[0], chunk_size):
-        test = F.normalize(test_feats[start : start + chunk_size].to(device=device, dtype=dtype), dim=1)
+        test = test_feats[start : start + chunk_size].to(device=device, dtype=dtype)
+        if distance == "paper":
+            top_dist, idx = _nearest_raw(test, train, k)
+            scores = torch.zeros(test.shape[0], num_classes, dtype=dtype, device=device)
+            scores.scatter_add_(1, labels[idx], (1.0 / (top_dist + PAPER_EPS)).to(dtype))
+            out.append(scores)
+            continue
+        test = F.normalize(test, dim=1)
         sim = test @ train.T
         if distance == "cosine":
             top_sim, idx = sim.topk(k, dim=1)
@@ -60,6 +73,29 @@ def weighted_knn_predict(
     if not out:
         return torch.zeros(0, num_classes, dtype=dtype, device=device)
     return torch.cat(out)
+
+
+def _nearest_raw(test: torch.Tensor, train: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances, indices) of the ``k`` nearest training rows of each test row, by raw euclidean distance.
+
+    Candidates (2k per row) come from ``|a|^2 + |b|^2 - 2 a.b`` in float64 on features centred on the
+    training mean (distances do not change; the cancellation of the matmul form on a large common offset
+    does); their distances are then recomputed as ``|a - b|`` in float64.
+    """
+    mean = train.double().mean(0)
+    train64 = train.double() - mean
+    train_sq = (train64 * train64).sum(1)
+    m = min(2 * k, train.shape[0])
+    rows = max(1, _REFINE_ELEMENTS // max(1, train.shape[0], m * train.shape[1]))
+    dists, idxs = [], []
+    for s in range(0, test.shape[0], rows):
+        q = test[s : s + rows].double() - mean
+        sq = (q * q).sum(1, keepdim=True) + train_sq - 2.0 * (q @ train64.T)
+        cand = sq.topk(m, dim=1, largest=False).indices
+        d, pos = (q[:, None, :] - train64[cand]).norm(dim=2).topk(k, dim=1, largest=False)
+        dists.append(d)
+        idxs.append(cand.gather(1, pos))
+    return torch.cat(dists), torch.cat(idxs)
 
 
 def knn_accuracy(
