@@ -19,9 +19,9 @@
 #   PYTHON (python), DRY_RUN=1 (print the resolved configs only).
 set -euo pipefail
 
-# The kNN of every epoch. Switch to the paper-era kNN (k = 20, euclidean on raw features, 1/d weights) by
-# adding its flag here once the engine has it, e.g. KNN_FLAGS="--knn_eval --knn_k 20 --knn_metric paper".
-KNN_FLAGS=${KNN_FLAGS:-"--knn_eval --knn_k 20"}
+# The kNN of every epoch: the paper-era metric (k = 20, euclidean on raw features, 1/(d + 1e-5) weights, both
+# large crops banked); KNN_FLAGS="--knn_eval --knn_k 20" gives the engine's cosine kNN instead.
+KNN_FLAGS=${KNN_FLAGS:-"--knn_metric paper --knn_k 20"}
 
 EPOCHS=${EPOCHS:-100}
 SEED=${SEED:-5}
@@ -54,7 +54,7 @@ for method in $METHODS; do
     done
     if [[ "${DRY_RUN:-0}" == 1 ]]; then continue; fi
     out="$OUT/fashion_mnist_$method.csv"
-    "$PY" -m solo_ema.analysis.evidence "${names[@]}" --out "$out" \
+    "${PYTHON:-python}" -m solo_ema.analysis.evidence "${names[@]}" --out "$out" \
         --command "EPOCHS=$EPOCHS SEED=$SEED KNN_FLAGS='$KNN_FLAGS' bash bash_files/evidence/fashion_mnist_byol.sh $*"
-    "$PY" -m solo_ema.report --measured "$out"
+    "${PYTHON:-python}" -m solo_ema.report --measured "$out"
 done
