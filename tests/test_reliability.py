@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 from pathlib import Path
@@ -42,50 +43,118 @@ def run_argv(data: Path, log_dir: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-class StopAfterFirstEpoch(pl.Callback):
-    """Ends fit after epoch 0, as a pre-empted job would (its checkpoint is written first)."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.should_stop = True
+class Preempted(Exception):
+    """The job was killed."""
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+class PreemptAt(pl.Callback):
+    """Kills the run as it starts optimizer step `step`, after the checkpoint of the step before was written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise Preempted(f"killed at step {self.step}")
+
+
+class Batches(pl.Callback):
+    """The image indexes of every training batch this process trained on."""
+
+    def __init__(self) -> None:
+        self.indexes: list[list[int]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx: int) -> None:
+        self.indexes.append(batch[0].tolist())
+
+
+def _fit(argv: list[str], *callbacks: pl.Callback):
+    torch.use_deterministic_algorithms(True)
+    try:
+        return run_pretrain(build_cfg(argv), extra_callbacks=list(callbacks))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _full_state(result) -> dict[str, torch.Tensor | float | int]:
+    """Every tensor and number that training carries on: model (online, EMA copies, buffers), optimizer, schedule."""
+    state = {f"model.{k}": v.detach().clone() for k, v in result.model.state_dict().items()}
+    opt = result.trainer.optimizers[0].state_dict()
+    for pid, slots in opt["state"].items():
+        state.update({f"opt.{pid}.{k}": v.clone() if torch.is_tensor(v) else v for k, v in slots.items()})
+    for i, group in enumerate(opt["param_groups"]):
+        state[f"opt.group{i}.lr"] = group["lr"]
+    for i, config in enumerate(result.trainer.lr_scheduler_configs):
+        state[f"sched{i}.last_epoch"] = config.scheduler.last_epoch
+    return state
 
 
 RESUME_CASES = {
     "byol-projector": ["--ema_parts", "projector"],
     "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd"],
 }
+WITH_VAL = ["--limit_val_batches", "1.0"]  # validation at every epoch end, as in a real run
 
 
-@pytest.mark.parametrize("extra", list(RESUME_CASES.values()), ids=list(RESUME_CASES))
-def test_resume_is_bitwise_exact(tmp_path: Path, extra: list[str]) -> None:
-    """N steps straight equal N/2 steps, stop, resume, N/2 steps: online, momentum, queue, buffers bitwise."""
-    data = image_folder(tmp_path / "data")
-    torch.use_deterministic_algorithms(True)
-    try:
-        straight = run_pretrain(build_cfg(run_argv(data, tmp_path / "runs", "straight", *extra)))
-        first = run_pretrain(
-            build_cfg(run_argv(data, tmp_path / "runs", "split", *extra)), extra_callbacks=[StopAfterFirstEpoch()]
-        )
-        assert first.trainer.global_step == 2
-        resumed = run_pretrain(build_cfg(run_argv(data, tmp_path / "runs", "split", "--auto_resume", *extra)))
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert resumed.trainer.global_step == straight.trainer.global_step == 4
-    a, b = _state(straight.model), _state(resumed.model)
-    assert a.keys() == b.keys()
-    assert int(b["ema.num_updates"]) == 4
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"differ after resume: {different[:5]}"
-    if "queue" in a:
-        assert int(b["queue_ptr"]) == 0 and not torch.equal(b["queue"], _state(first.model)["queue"])
-    momentum = [k for k in a if k.startswith("ema.copies.")]
-    assert momentum and all(torch.equal(a[k], b[k]) for k in momentum)
-    metrics = (tmp_path / "runs" / "split" / "metrics.csv").read_text().splitlines()
-    steps = {line.split(",")[0] for line in metrics[1:]}
-    assert len(metrics) > 4 and steps, "the resumed run appends to the first part's metrics.csv"
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, list[list[int]]]]:
+    """Per method: the data folder, the full state after 4 uninterrupted steps (2 epochs), the batches seen."""
+    root = tmp_path_factory.mktemp("straight")
+    data = image_folder(root / "data")
+    runs = {}
+    for case, extra in RESUME_CASES.items():
+        batches = Batches()
+        result = _fit(run_argv(data, root / "runs", case, *WITH_VAL, *extra), batches)
+        assert result.trainer.global_step == 4 and len(batches.indexes) == 4
+        runs[case] = (data, _full_state(result), batches.indexes)
+    return runs
+
+
+STOPS = {"epoch-boundary": (2, []), "mid-epoch": (1, ["--checkpoint_every_n_steps", "1"])}
+
+
+@pytest.mark.parametrize("stop", list(STOPS), ids=list(STOPS))
+@pytest.mark.parametrize("case", list(RESUME_CASES), ids=list(RESUME_CASES))
+def test_resume_under_another_seed_runs_the_rest_and_ends_bitwise_equal(
+    straight_runs, tmp_path: Path, case: str, stop: str
+) -> None:
+    """Killed at step 1 (mid-epoch) or 2 (epoch end), resumed with --seed 6 by --auto_resume and by
+    --resume_from_checkpoint: each resumed process trains only on the remaining batches (the same images as
+    the straight run) and ends with every tensor of model, EMA copies, buffers, queue and optimizer bitwise equal.
+
+    The seed differs from the first part's 5, so only a real resume (weights, optimizer, EMA, data position and
+    random states from the checkpoint) can end equal; a fresh start would also train on all 4 batches.
+    """
+    data, expected, seen = straight_runs[case]
+    extra = [*WITH_VAL, *RESUME_CASES[case]]
+    at, ckpt_flags = STOPS[stop]
+    runs = tmp_path / "runs"
+    with pytest.raises(Preempted):
+        _fit(run_argv(data, runs, "split", *ckpt_flags, *extra), PreemptAt(at))
+    last = runs / "split" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == at
+    saved = tmp_path / "saved.ckpt"
+    saved.write_bytes(last.read_bytes())
+    resumes = {
+        "auto_resume": run_argv(data, runs, "split", *ckpt_flags, *extra, "--seed", "6", "--auto_resume"),
+        "resume_from_checkpoint": run_argv(
+            data, runs, "elsewhere", *ckpt_flags, *extra, "--seed", "6", "--resume_from_checkpoint", str(saved)
+        ),
+    }
+    for how, argv in resumes.items():
+        batches = Batches()
+        result = _fit(argv, batches)
+        assert batches.indexes == seen[at:], f"{how}: the resumed process trained on other batches"
+        assert result.trainer.global_step == 4
+        got = _full_state(result)
+        assert got.keys() == expected.keys()
+        assert int(got["model.ema.num_updates"]) == 4
+        different = [k for k in expected if not (
+            torch.equal(got[k], expected[k]) if torch.is_tensor(expected[k]) else got[k] == expected[k])]
+        assert not different, f"{how}: {len(different)} of {len(expected)} entries differ, e.g. {different[:4]}"
+    metrics = (runs / "split" / "metrics.csv").read_text().splitlines()
+    steps = {int(row["step"]) for row in csv.DictReader(metrics) if row.get("step")}
+    assert steps >= {0, 3}, "the resumed run appends to the first part's metrics.csv"
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
