@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from solo_ema.data.datasets import IndexedDataset
+from solo_ema.data.loaders import EpochSampler
 from solo_ema.engine.reliability import AtomicCheckpointIO, NonFiniteLossError
 from solo_ema.pretrain import build_cfg, main
 from solo_ema.train import run_pretrain
@@ -262,3 +264,55 @@ def test_bad_input_gives_one_line_and_writes_nothing(
     assert lines[0].startswith("solo-ema-pretrain: error: ") and needle in lines[0]
     assert "Traceback" not in out.err and out.out == ""
     assert not log_dir.exists() or not any(log_dir.iterdir()), "a failed run leaves no files"
+
+
+class _Noise(torch.utils.data.Dataset):
+    """Item i is (noise drawn from torch's global generator, i): a stand-in for a random augmentation."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.rand(3), i
+
+
+def test_epoch_sampler_and_seeded_items_depend_only_on_seed_epoch_and_position() -> None:
+    """Order and per-image seeds follow (seed, epoch); shards are disjoint and cover the epoch; a skip applies
+    once; an item's randomness follows its key, leaves the global generator alone, and is the same in a worker."""
+    data = IndexedDataset(_Noise())
+    a, b = EpochSampler(data, batch_size=2, seed=5), EpochSampler(data, batch_size=2, seed=5)
+    torch.manual_seed(0)
+    assert a.keys(1) == b.keys(1) and a.keys(0) != a.keys(1)
+    assert a.keys(1) != EpochSampler(data, batch_size=2, seed=6).keys(1)
+    assert sorted(i for i, _ in a.keys(3)) == list(range(10))
+    assert len({s for _, s in a.keys(3)}) == 10, "one seed per image"
+    a.set_epoch(1)
+    a.skip_batches = 2
+    assert list(a) == a.keys(1)[4:] and list(a) == a.keys(1)  # the skip applies to one epoch only
+    shards = []
+    for rank in (0, 1, 2):
+        s = EpochSampler(data, batch_size=2, seed=5)
+        s.shard(rank, 3)
+        shards.append(s.keys(0))
+    assert [len(k) for k in shards] == [4, 4, 4]  # 10 padded to 12, as DistributedSampler does
+    every = [key for shard in shards for key in shard]
+    assert {i for i, _ in every} == set(range(10)) and len(set(every)) == 10  # two keys repeated as padding
+
+    key = a.keys(0)[0]
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = data[key]
+    assert torch.equal(torch.get_rng_state(), before), "the global generator is left as it was"
+    torch.manual_seed(2)
+    assert torch.equal(data[key][1], first[1]) and data[key][0] == key[0]
+    assert not torch.equal(data[(key[0], key[1] + 1)][1], first[1])
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=EpochSampler(data, 2, seed=5),
+                                             num_workers=workers)
+        return [noise for _, noise, _ in loader]
+
+    torch.manual_seed(3)
+    main = batches(0)
+    torch.manual_seed(4)
+    assert all(torch.equal(x, y) for x, y in zip(main, batches(2), strict=True)), "workers draw the same crops"
