@@ -95,7 +95,9 @@ METHODS = {
     # validates every epoch (on 4 images), as a real run does
     "byol-projector": ["--ema_parts", "projector", "--optimizer", "sgd",
                        "--limit_val_batches", "1.0", "--val_subset", "4"],
-    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd"],
+    # loads in two worker processes: their augmentations must not depend on the worker or on what ran before
+    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd",
+                       "--num_workers", "2"],
 }
 # where the first part is killed: at the start of this optimizer step (2 steps per epoch), with these flags
 STOPS = {"epoch-boundary": (2, []), "mid-epoch": (3, ["--checkpoint_every_n_steps", "3"])}
