@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -318,3 +319,28 @@ def test_epoch_sampler_and_seeded_items_depend_only_on_seed_epoch_and_position()
     main = batches(0)
     torch.manual_seed(4)
     assert all(torch.equal(x, y) for x, y in zip(main, batches(2), strict=True)), "workers draw the same crops"
+
+
+def test_resume_with_another_planned_length_warns() -> None:
+    """A checkpoint of a run planned for 3 optimizer steps, resumed as a 6-step run: a warning names both counts
+    (the lr and tau schedules depend on the planned length); the same length resumes silently."""
+    from types import SimpleNamespace
+
+    from solo_ema.engine.reliability import TrainingPosition
+
+    data = IndexedDataset(_Noise())
+    saved = TrainingPosition(EpochSampler(data, batch_size=2, seed=5))
+    saved.planned_steps, saved.batches_done = 3, 5
+    state = saved.state_dict()
+    trainer = SimpleNamespace(estimated_stepping_batches=6, global_step=3)
+    resumed = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
+    resumed.load_state_dict(state)
+    assert resumed.sampler.seed == 5 and resumed.sampler.epoch == 1 and resumed.sampler.skip_batches == 0
+    with pytest.warns(UserWarning, match="planned for 3 optimizer steps as one of 6"):
+        resumed.on_train_start(trainer, None)
+    same = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
+    same.load_state_dict({**state, "batches_done": 2})
+    assert same.sampler.epoch == 0 and same.sampler.skip_batches == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.on_train_start(SimpleNamespace(estimated_stepping_batches=3, global_step=2), None)
