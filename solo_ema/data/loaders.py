@@ -66,23 +66,29 @@ class EpochSampler(DistributedSampler):
         self.num_samples = math.ceil(len(self.dataset) / self.num_replicas)  # type: ignore[arg-type]
         self.total_size = self.num_samples * self.num_replicas
 
-    def keys(self, epoch: int) -> list[tuple[int, int]]:
-        """The (index, image seed) keys of this process in `epoch`, before any skip."""
+    def _key_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image indexes and image seeds of this process in `epoch`, before any skip."""
         n = len(self.dataset)  # type: ignore[arg-type]
-        state = np.random.SeedSequence([int(self.seed), int(epoch)]).generate_state(2, np.uint64)
+        state = np.random.SeedSequence([int(self.seed), int(epoch)]).generate_state(1, np.uint64)
         gen = torch.Generator().manual_seed(int(state[0]) >> 1)
         order = torch.randperm(n, generator=gen)
         seeds = torch.randint(0, 2**62, (n,), generator=gen)
         pad = self.total_size - n
-        order = torch.cat([order, order[:pad]]) if pad else order
-        seeds = torch.cat([seeds, seeds[:pad]]) if pad else seeds
+        if pad:
+            order, seeds = torch.cat([order, order[:pad]]), torch.cat([seeds, seeds[:pad]])
         mine = slice(self.rank, self.total_size, self.num_replicas)
-        return list(zip(order[mine].tolist(), seeds[mine].tolist(), strict=True))
+        return order[mine], seeds[mine]
+
+    def keys(self, epoch: int) -> list[tuple[int, int]]:
+        """The (index, image seed) keys of this process in `epoch`, before any skip."""
+        return list(zip(*(t.tolist() for t in self._key_tensors(epoch)), strict=True))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """This epoch's keys, past the skipped batches (the skip applies once)."""
         start, self.skip_batches = self.skip_batches * self.batch_size, 0
-        return iter(self.keys(self.epoch)[start:])
+        order, seeds = self._key_tensors(self.epoch)
+        for i in range(start, len(order), 4096):  # in chunks: no list of Python ints for a whole large epoch
+            yield from zip(order[i : i + 4096].tolist(), seeds[i : i + 4096].tolist(), strict=True)
 
     def __len__(self) -> int:
         """Keys per process in a whole epoch (a resumed epoch yields fewer)."""
