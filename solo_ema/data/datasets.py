@@ -303,9 +303,13 @@ class IndexedDataset(Dataset):
         """Return (index, x, y) for a key index or (index, seed)."""
         if isinstance(key, tuple):
             index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            gen = torch.default_generator  # CPU transforms draw from it (torch.manual_seed costs ~100x more)
+            state = gen.get_state()
+            gen.manual_seed(seed)
+            try:
                 x, y = self.dataset[index]
+            finally:
+                gen.set_state(state)
         else:
             index = key
             x, y = self.dataset[index]
