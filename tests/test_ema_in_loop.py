@@ -57,7 +57,7 @@ class _Recorder(pl.Callback):
 
 CASES = {
     # spec, watched modules, accumulate_grad_batches, batches per epoch, epochs
-    "projector-acc1": ("projector", ["projector"], 1, 3, 2),
+    "projector-acc1": ("projector", ["projector"], 1, 2, 2),
     "projector-acc2": ("projector", ["projector"], 2, 4, 2),
     "block4+projector-acc2": (
         "block4+projector", ["backbone.layer4.0.downsample", "backbone.layer4.1.bn2", "projector.fc2"], 2, 4, 1,
