@@ -17,8 +17,15 @@ from .analysis.callbacks import CostLogger, analysis_callbacks
 from .analysis.cost import cost_of, format_cost
 from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
+from .data.loaders import EpochSampler
 from .engine.callbacks import DevicePlacement, StepProgressBar, StepTimer
-from .engine.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumableCSVLogger, RNGState
+from .engine.reliability import (
+    AtomicCheckpointIO,
+    NonFiniteLossGuard,
+    ResumableCSVLogger,
+    RNGState,
+    TrainingPosition,
+)
 from .errors import UsageError
 from .pretrain import build_model
 
@@ -104,9 +111,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
     callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(), StepProgressBar(refresh_rate=1)]
     if cfg.checkpoint.enabled:
         every = cfg.checkpoint.get("every_n_steps")
+        # save_top_k=1 without a monitor keeps the newest {epoch}-{step}.ckpt; Lightning writes last.ckpt only
+        # beside such a save (with save_top_k=0 it would write it once, at the end of fit)
         callbacks.append(
             ModelCheckpoint(
-                dirpath=cfg.checkpoint.dir, filename="{epoch}-{step}", save_last=True, save_top_k=0,
+                dirpath=cfg.checkpoint.dir, filename="{epoch}-{step}", save_last=True, save_top_k=1,
                 every_n_epochs=None if every else cfg.checkpoint.get("frequency", 1), every_n_train_steps=every,
             )
         )
@@ -162,8 +171,11 @@ def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | No
     cost_logger = CostLogger(cost, timer)
     ckpt = resume_checkpoint(cfg)
     placement = [DevicePlacement(train_loader, val_loader)] if cfg.data.get("format") == "device" else []
+    sampler = getattr(train_loader, "sampler", None)
+    position = [TrainingPosition(sampler)] if isinstance(sampler, EpochSampler) else []
     trainer = build_trainer(
-        cfg, [*placement, timer, cost_logger, *analysis, *(extra_callbacks or [])], run_dir, resuming=ckpt is not None
+        cfg, [*placement, timer, cost_logger, *position, *analysis, *(extra_callbacks or [])], run_dir,
+        resuming=ckpt is not None,
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from solo_ema.data.datasets import IndexedDataset
+from solo_ema.data.loaders import EpochSampler
 from solo_ema.engine.reliability import AtomicCheckpointIO, NonFiniteLossError
 from solo_ema.pretrain import build_cfg, main
 from solo_ema.train import run_pretrain
@@ -42,50 +46,121 @@ def run_argv(data: Path, log_dir: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-class StopAfterFirstEpoch(pl.Callback):
-    """Ends fit after epoch 0, as a pre-empted job would (its checkpoint is written first)."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.should_stop = True
+class Preempted(Exception):
+    """The job was killed."""
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+class PreemptAt(pl.Callback):
+    """Kills the run as it starts optimizer step `step`, after the checkpoint of the step before was written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise Preempted(f"killed at step {self.step}")
 
 
-RESUME_CASES = {
-    "byol-projector": ["--ema_parts", "projector"],
-    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd"],
-}
+class Batches(pl.Callback):
+    """The image indexes of every training batch this process trained on."""
+
+    def __init__(self) -> None:
+        self.indexes: list[list[int]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx: int) -> None:
+        self.indexes.append(batch[0].tolist())
 
 
-@pytest.mark.parametrize("extra", list(RESUME_CASES.values()), ids=list(RESUME_CASES))
-def test_resume_is_bitwise_exact(tmp_path: Path, extra: list[str]) -> None:
-    """N steps straight equal N/2 steps, stop, resume, N/2 steps: online, momentum, queue, buffers bitwise."""
-    data = image_folder(tmp_path / "data")
+def _fit(argv: list[str], *callbacks: pl.Callback):
     torch.use_deterministic_algorithms(True)
     try:
-        straight = run_pretrain(build_cfg(run_argv(data, tmp_path / "runs", "straight", *extra)))
-        first = run_pretrain(
-            build_cfg(run_argv(data, tmp_path / "runs", "split", *extra)), extra_callbacks=[StopAfterFirstEpoch()]
-        )
-        assert first.trainer.global_step == 2
-        resumed = run_pretrain(build_cfg(run_argv(data, tmp_path / "runs", "split", "--auto_resume", *extra)))
+        return run_pretrain(build_cfg(argv), extra_callbacks=list(callbacks))
     finally:
         torch.use_deterministic_algorithms(False)
-    assert resumed.trainer.global_step == straight.trainer.global_step == 4
-    a, b = _state(straight.model), _state(resumed.model)
-    assert a.keys() == b.keys()
-    assert int(b["ema.num_updates"]) == 4
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"differ after resume: {different[:5]}"
-    if "queue" in a:
-        assert int(b["queue_ptr"]) == 0 and not torch.equal(b["queue"], _state(first.model)["queue"])
-    momentum = [k for k in a if k.startswith("ema.copies.")]
-    assert momentum and all(torch.equal(a[k], b[k]) for k in momentum)
-    metrics = (tmp_path / "runs" / "split" / "metrics.csv").read_text().splitlines()
-    steps = {line.split(",")[0] for line in metrics[1:]}
-    assert len(metrics) > 4 and steps, "the resumed run appends to the first part's metrics.csv"
+
+
+def _full_state(result) -> dict[str, torch.Tensor | float | int]:
+    """Every tensor and number that training carries on: model (online, EMA copies, buffers), optimizer, schedule."""
+    state = {f"model.{k}": v.detach().clone() for k, v in result.model.state_dict().items()}
+    opt = result.trainer.optimizers[0].state_dict()
+    for pid, slots in opt["state"].items():
+        state.update({f"opt.{pid}.{k}": v.clone() if torch.is_tensor(v) else v for k, v in slots.items()})
+    for i, group in enumerate(opt["param_groups"]):
+        state[f"opt.group{i}.lr"] = group["lr"]
+    for i, config in enumerate(result.trainer.lr_scheduler_configs):
+        state[f"sched{i}.last_epoch"] = config.scheduler.last_epoch
+    return state
+
+
+METHODS = {
+    # validates every epoch (on 4 images), as a real run does
+    "byol-projector": ["--ema_parts", "projector", "--optimizer", "sgd",
+                       "--limit_val_batches", "1.0", "--val_subset", "4"],
+    # loads in two worker processes: their augmentations must not depend on the worker or on what ran before
+    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd",
+                       "--num_workers", "2"],
+}
+# where the first part is killed: at the start of this optimizer step (2 steps per epoch), with these flags
+STOPS = {"epoch-boundary": (2, []), "mid-epoch": (3, ["--checkpoint_every_n_steps", "3"])}
+RESUME_CASES = [("byol-projector", "epoch-boundary"), ("byol-projector", "mid-epoch"), ("mocov2plus-all", "mid-epoch")]
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, list[list[int]]]]:
+    """Per method: the data folder, the full state after 4 uninterrupted steps (2 epochs), the batches seen."""
+    root = tmp_path_factory.mktemp("straight")
+    data = image_folder(root / "data")
+    runs = {}
+    for method, extra in METHODS.items():
+        batches = Batches()
+        argv = [a for a in run_argv(data, root / "runs", method, *extra) if a != "--save_checkpoint"]
+        result = _fit(argv, batches)
+        assert result.trainer.global_step == 4 and len(batches.indexes) == 4
+        runs[method] = (data, _full_state(result), batches.indexes)
+    return runs
+
+
+@pytest.mark.parametrize(("method", "stop"), RESUME_CASES, ids=[f"{m}-{s}" for m, s in RESUME_CASES])
+def test_resume_under_another_seed_runs_the_rest_and_ends_bitwise_equal(
+    straight_runs, tmp_path: Path, method: str, stop: str
+) -> None:
+    """Killed at an epoch end (step 2) or mid-epoch (step 3), resumed with --seed 6 by --auto_resume and by
+    --resume_from_checkpoint: each resumed process trains only on the remaining batches (the same images as
+    the straight run) and ends with every tensor of model, EMA copies, buffers, queue and optimizer bitwise equal.
+
+    The seed differs from the first part's 5, so only a real resume (weights, optimizer, EMA, data position and
+    random states from the checkpoint) can end equal; a fresh start would also train on all 4 batches.
+    """
+    data, expected, seen = straight_runs[method]
+    at, ckpt_flags = STOPS[stop]
+    extra = [*ckpt_flags, *METHODS[method]]
+    runs = tmp_path / "runs"
+    with pytest.raises(Preempted):
+        _fit(run_argv(data, runs, "split", *extra), PreemptAt(at))
+    last = runs / "split" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == at
+    saved = tmp_path / "saved.ckpt"
+    saved.write_bytes(last.read_bytes())
+    resumes = {
+        "auto_resume": run_argv(data, runs, "split", *extra, "--seed", "6", "--auto_resume"),
+        "resume_from_checkpoint": run_argv(
+            data, runs, "elsewhere", *extra, "--seed", "6", "--resume_from_checkpoint", str(saved)
+        ),
+    }
+    for how, argv in resumes.items():
+        batches = Batches()
+        result = _fit(argv, batches)
+        assert batches.indexes == seen[at:], f"{how}: the resumed process trained on other batches"
+        assert result.trainer.global_step == 4
+        got = _full_state(result)
+        assert got.keys() == expected.keys()
+        assert int(got["model.ema.num_updates"]) == 4
+        different = [k for k in expected if not (
+            torch.equal(got[k], expected[k]) if torch.is_tensor(expected[k]) else got[k] == expected[k])]
+        assert not different, f"{how}: {len(different)} of {len(expected)} entries differ, e.g. {different[:4]}"
+    metrics = (runs / "split" / "metrics.csv").read_text().splitlines()
+    steps = {int(row["step"]) for row in csv.DictReader(metrics) if row.get("step")}
+    assert steps >= {0, 3}, "the resumed run appends to the first part's metrics.csv"
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,3 +267,80 @@ def test_bad_input_gives_one_line_and_writes_nothing(
     assert lines[0].startswith("solo-ema-pretrain: error: ") and needle in lines[0]
     assert "Traceback" not in out.err and out.out == ""
     assert not log_dir.exists() or not any(log_dir.iterdir()), "a failed run leaves no files"
+
+
+class _Noise(torch.utils.data.Dataset):
+    """Item i is (noise drawn from torch's global generator, i): a stand-in for a random augmentation."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.rand(3), i
+
+
+def test_epoch_sampler_and_seeded_items_depend_only_on_seed_epoch_and_position() -> None:
+    """Order and per-image seeds follow (seed, epoch); shards are disjoint and cover the epoch; a skip applies
+    once; an item's randomness follows its key, leaves the global generator alone, and is the same in a worker."""
+    data = IndexedDataset(_Noise())
+    a, b = EpochSampler(data, batch_size=2, seed=5), EpochSampler(data, batch_size=2, seed=5)
+    torch.manual_seed(0)
+    assert a.keys(1) == b.keys(1) and a.keys(0) != a.keys(1)
+    assert a.keys(1) != EpochSampler(data, batch_size=2, seed=6).keys(1)
+    assert sorted(i for i, _ in a.keys(3)) == list(range(10))
+    assert len({s for _, s in a.keys(3)}) == 10, "one seed per image"
+    a.set_epoch(1)
+    a.skip_batches = 2
+    assert list(a) == a.keys(1)[4:] and list(a) == a.keys(1)  # the skip applies to one epoch only
+    shards = []
+    for rank in (0, 1, 2):
+        s = EpochSampler(data, batch_size=2, seed=5)
+        s.shard(rank, 3)
+        shards.append(s.keys(0))
+    assert [len(k) for k in shards] == [4, 4, 4]  # 10 padded to 12, as DistributedSampler does
+    every = [key for shard in shards for key in shard]
+    assert {i for i, _ in every} == set(range(10)) and len(set(every)) == 10  # two keys repeated as padding
+
+    key = a.keys(0)[0]
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = data[key]
+    assert torch.equal(torch.get_rng_state(), before), "the global generator is left as it was"
+    torch.manual_seed(2)
+    assert torch.equal(data[key][1], first[1]) and data[key][0] == key[0]
+    assert not torch.equal(data[(key[0], key[1] + 1)][1], first[1])
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=EpochSampler(data, 2, seed=5),
+                                             num_workers=workers)
+        return [noise for _, noise, _ in loader]
+
+    torch.manual_seed(3)
+    main = batches(0)
+    torch.manual_seed(4)
+    assert all(torch.equal(x, y) for x, y in zip(main, batches(2), strict=True)), "workers draw the same crops"
+
+
+def test_resume_with_another_planned_length_warns() -> None:
+    """A checkpoint of a run planned for 3 optimizer steps, resumed as a 6-step run: a warning names both counts
+    (the lr and tau schedules depend on the planned length); the same length resumes silently."""
+    from types import SimpleNamespace
+
+    from solo_ema.engine.reliability import TrainingPosition
+
+    data = IndexedDataset(_Noise())
+    saved = TrainingPosition(EpochSampler(data, batch_size=2, seed=5))
+    saved.planned_steps, saved.batches_done = 3, 5
+    state = saved.state_dict()
+    trainer = SimpleNamespace(estimated_stepping_batches=6, global_step=3)
+    resumed = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
+    resumed.load_state_dict(state)
+    assert resumed.sampler.seed == 5 and resumed.sampler.epoch == 1 and resumed.sampler.skip_batches == 0
+    with pytest.warns(UserWarning, match="planned for 3 optimizer steps as one of 6"):
+        resumed.on_train_start(trainer, None)
+    same = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
+    same.load_state_dict({**state, "batches_done": 2})
+    assert same.sampler.epoch == 0 and same.sampler.skip_batches == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.on_train_start(SimpleNamespace(estimated_stepping_batches=3, global_step=2), None)

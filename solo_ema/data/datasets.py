@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
@@ -283,7 +284,12 @@ class ImageNet100Folder(ImageFolder):
 
 
 class IndexedDataset(Dataset):
-    """Wrap a dataset so that item i is (i, x, y)."""
+    """Wrap a dataset so that item i is (i, x, y).
+
+    A key (i, seed) draws the item's augmentations from torch's generator seeded with `seed` (the caller's
+    generator state is left as it was), so a crop depends only on the key: not on the worker, the number of
+    workers, or what ran before it.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         """Keep the wrapped dataset."""
@@ -293,9 +299,20 @@ class IndexedDataset(Dataset):
         """Return the length of the wrapped dataset."""
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[int, Any, Any]:
-        """Return (index, x, y)."""
-        x, y = self.dataset[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, Any, Any]:
+        """Return (index, x, y) for a key index or (index, seed)."""
+        if isinstance(key, tuple):
+            index, seed = key
+            gen = torch.default_generator  # CPU transforms draw from it (torch.manual_seed costs ~100x more)
+            state = gen.get_state()
+            gen.manual_seed(seed)
+            try:
+                x, y = self.dataset[index]
+            finally:
+                gen.set_state(state)
+        else:
+            index = key
+            x, y = self.dataset[index]
         return index, x, y
 
 

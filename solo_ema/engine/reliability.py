@@ -15,6 +15,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..data.loaders import EpochSampler
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,6 +64,64 @@ class RNGState(pl.Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class TrainingPosition(pl.Callback):
+    """Stores where the run is in its data (sampler seed, epoch, batches done) and its planned optimizer steps.
+
+    On resume the sampler takes the checkpoint's seed (whatever --seed now says) and epoch, and skips the
+    batches of that epoch already trained on, so the resumed run reads exactly the images and augmentations the
+    uninterrupted run would have. A resume planned for a different number of optimizer steps (another
+    --max_epochs or --max_steps) is allowed but warned about: the lr and tau schedules depend on that number.
+    """
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+        self.batches_done = 0
+        self.planned_steps: int | None = None
+        self._loaded_plan: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Shard the sampler over the processes of the run."""
+        self.sampler.shard(trainer.global_rank, trainer.world_size)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Note the planned optimizer steps; warn when a resumed run planned another number."""
+        planned = trainer.estimated_stepping_batches
+        self.planned_steps = int(planned) if planned != float("inf") else None
+        if self._loaded_plan is not None and self.planned_steps is not None and self._loaded_plan != self.planned_steps:
+            rank_zero_warn(
+                f"resuming a run planned for {self._loaded_plan} optimizer steps as one of {self.planned_steps} "
+                "(--max_epochs or --max_steps changed): the lr and tau schedules follow the new length from "
+                f"step {trainer.global_step} on, so the result differs from an uninterrupted run of either length"
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A new epoch: no batch done yet."""
+        self.batches_done = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Count the batches of this epoch trained on."""
+        self.batches_done = batch_idx + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler seed and epoch, batches done in that epoch, planned optimizer steps."""
+        return {"seed": int(self.sampler.seed), "epoch": int(self.sampler.epoch), "batches_done": self.batches_done,
+                "planned_steps": self.planned_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the checkpoint's order: same seed, its epoch past the batches done, or the next epoch."""
+        per_epoch = len(self.sampler) // self.sampler.batch_size
+        self.sampler.seed = state_dict["seed"]
+        done = state_dict["batches_done"]
+        if done >= per_epoch:
+            self.sampler.set_epoch(state_dict["epoch"] + 1)
+            self.sampler.skip_batches = 0
+        else:
+            self.sampler.set_epoch(state_dict["epoch"])
+            self.sampler.skip_batches = done
+        self.batches_done = done
+        self._loaded_plan = state_dict.get("planned_steps")
 
 
 class NonFiniteLossError(RuntimeError):
