@@ -1,14 +1,22 @@
-"""The solo-learn plug-in against a real solo-learn (skipped where solo-learn is not installed, e.g. in CI).
+"""The solo-learn plug-in against a real solo-learn.
+
+solo-learn is ``$SOLO_LEARN_ROOT`` (a checkout), else an importable ``solo``, else the snapshot in
+``../shared/solo-learn`` beside the project's root (see conftest.use_solo_learn); without one the module
+is skipped, and under ``CI=true`` that skip is a failure.
 
 Fits of one step on fake data in the style of solo-learn's own method tests (torchvision FakeData
 through solo-learn's augmentation pipeline, fast_dev_run on CPU), the backbone-forward count, the
-EMA update, gradients, the equality of the projector-only target with solo-learn's own momentum path
-when its momentum backbone equals the online one, the shipped YAML configs, and the console entry.
+EMA update inside a Trainer run against the cosine formula (with gradient accumulation and a per-block
+placement), gradients, the equality of the projector-only target with solo-learn's own momentum path
+when its momentum backbone equals the online one, every YAML in solo_configs/ through solo-learn's own
+main_pretrain, and the console entry.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -16,14 +24,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import use_solo_learn
 
-pytest.importorskip(
-    "solo.methods",
-    reason="solo-learn is not installed: git clone https://github.com/vturrisi/solo-learn && pip install -e solo-learn",
-)
+SOLO_ROOT = use_solo_learn()
 
+import hydra  # noqa: E402
+import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
 from solo.data.pretrain_dataloader import (  # noqa: E402
     FullTransformPipeline,
     NCropAugmentation,
@@ -38,6 +47,8 @@ from torchvision import transforms  # noqa: E402
 from torchvision.datasets import FakeData  # noqa: E402
 
 import solo_ema.solo as plugin  # noqa: E402
+from solo_ema import solo_pretrain  # noqa: E402
+from solo_ema.ema import parse_ema_spec  # noqa: E402
 from solo_ema.solo.plugin import HEADS, SOLO_MOMENTUM_MODULES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +105,7 @@ def make_cfg(method: str, parts: str | None = None, dataset: str = "custom", mom
     return cfg
 
 
-def make_loaders(dataset: str = "custom"):
+def make_loaders(dataset: str = "custom", train_size: int = 4 * BATCH):
     """Two 32 px crops per image through solo-learn's own pipeline; a 32 px validation set."""
     aug = OmegaConf.create(
         {
@@ -110,7 +121,7 @@ def make_loaders(dataset: str = "custom"):
         }
     )
     transform = FullTransformPipeline([NCropAugmentation(build_transform_pipeline(dataset, aug), 2)])
-    train = dataset_with_index(FakeData)(size=4 * BATCH, image_size=(3, 32, 32), num_classes=10, transform=transform)
+    train = dataset_with_index(FakeData)(size=train_size, image_size=(3, 32, 32), num_classes=10, transform=transform)
     val = FakeData(size=BATCH, image_size=(3, 32, 32), num_classes=10, transform=transforms.ToTensor())
     return prepare_dataloader(train, batch_size=BATCH, num_workers=0), DataLoader(val, batch_size=BATCH)
 
@@ -287,22 +298,137 @@ def test_checkpoint_keys():
     assert ema.ema.num_momentum_params() < sum(p.numel() for p in stock.momentum_backbone.parameters())
 
 
-@pytest.mark.parametrize(
-    "path", sorted(CONFIGS.glob("*/*_ema_projector.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
-)
-def test_shipped_configs(path: Path):
-    hydra = pytest.importorskip("hydra")
-    from solo.args.pretrain import parse_cfg
+def _pretrain_yamls() -> list[Path]:
+    """Every YAML under solo_configs/ that is a pretraining config (it names a method) rather than a group option."""
+    found = []
+    for path in sorted((ROOT / "solo_configs").rglob("*.yaml")):
+        node = OmegaConf.load(path)
+        if isinstance(node, DictConfig) and "method" in node:
+            found.append(path)
+    return found
 
+
+PRETRAIN_YAMLS = _pretrain_yamls()
+SMALL_METHOD_KWARGS = {
+    "proj_hidden_dim": 32,
+    "proj_output_dim": 16,
+    "pred_hidden_dim": 32,
+    "num_prototypes": 32,
+    "queue_size": 4 * BATCH,
+}
+
+
+def test_every_yaml_is_a_config_or_an_option_of_its_groups():
+    """Nothing in solo_configs/ escapes test_yaml_fits_two_steps: each other YAML is an option of a config's group."""
+    assert len(PRETRAIN_YAMLS) >= 12, PRETRAIN_YAMLS
+    groups = set()
+    for path in PRETRAIN_YAMLS:
+        for entry in OmegaConf.load(path).get("defaults", []):
+            if isinstance(entry, DictConfig):
+                for group, option in entry.items():
+                    if not group.startswith("override "):
+                        assert (path.parent / group / option).is_file(), f"{path}: no {group}/{option}"
+                        groups.add(path.parent / group)
+    others = [p for p in (ROOT / "solo_configs").rglob("*.yaml") if p not in PRETRAIN_YAMLS and p.parent not in groups]
+    assert not others, others
+
+
+def _image_folder(root: Path, classes: int = 2, per_class: int = BATCH, size: int = 36) -> Path:
+    """A tiny folder of random RGB PNGs, one sub-folder per class (solo-learn's 'custom' dataset)."""
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def _spec_of(value: object) -> str:
+    """A YAML's momentum.parts as a spec string (a list of part names joins with '+')."""
+    if isinstance(value, ListConfig):
+        return "+".join(str(v) for v in value) if len(value) else "none"
+    return str(value)
+
+
+@pytest.mark.parametrize(
+    "path", PRETRAIN_YAMLS, ids=lambda p: str(p.relative_to(ROOT / "solo_configs").with_suffix(""))
+)
+def test_yaml_fits_two_steps(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each shipped YAML through solo-ema-solo-pretrain, i.e. hydra and solo-learn's main_pretrain: two steps.
+
+    Only sizes change (crops, batch, heads, queue), the data (a generated image folder as 'custom') and the
+    machine (CPU, 32-bit, no DDP); the method, momentum.parts, taus, optimiser and augmentations are the YAML's.
+    """
+    raw = OmegaConf.load(path)
+    method = str(raw.method)
+    base_tau = float(OmegaConf.select(raw, "momentum.base_tau", default=0.99))
+    final_tau = float(OmegaConf.select(raw, "momentum.final_tau", default=1.0))
+    parts = str(parse_ema_spec(_spec_of(OmegaConf.select(raw, "momentum.parts", default="all"))))
+    if (base_tau, final_tau) == (0, 0):
+        parts = "none"
     with hydra.initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
-        cfg = hydra.compose(config_name=path.name)
-    OmegaConf.set_struct(cfg, False)
-    cfg = parse_cfg(cfg)
-    method = path.name.removesuffix("_projector.yaml")
-    assert cfg.method == method and method in METHODS
-    assert cfg.momentum.parts == "projector" and cfg.data.num_large_crops == 2 and cfg.data.num_small_crops == 0
-    model = METHODS[cfg.method](cfg)
-    assert model.ema.paths == [HEADS[method.removesuffix("_ema")]]
+        composed = hydra.compose(config_name=path.name)
+    overrides = [
+        f"++augmentations.{i}.crop_size=32" for i in range(len(composed.augmentations))
+    ] + [f"++method_kwargs.{k}={v}" for k, v in SMALL_METHOD_KWARGS.items() if k in composed.method_kwargs]
+    argv = [
+        "--config-path",
+        str(path.parent),
+        "--config-name",
+        path.name,
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+        "++data.dataset=custom",
+        f"++data.train_path={_image_folder(tmp_path / 'train')}",
+        "++data.val_path=null",
+        "++data.format=image_folder",
+        "++data.num_workers=0",
+        f"++optimizer.batch_size={BATCH}",
+        "++max_steps=2",
+        "++accelerator=cpu",
+        '++devices="1"',
+        "++strategy=auto",
+        "++precision=32",
+        "++sync_batchnorm=False",
+        "++checkpoint.enabled=False",
+        "++auto_resume.enabled=False",
+        "++wandb.enabled=False",
+        "++enable_progress_bar=False",
+        *overrides,
+    ]
+    runs = []
+    fit = pl.Trainer.fit
+
+    def recording_fit(trainer, model, *args, **kwargs):
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        runs.append((trainer, model, start))
+        return fit(trainer, model, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", recording_fit)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.chdir(tmp_path)
+    assert solo_pretrain.main(argv) == 0
+    (trainer, model, start), = runs
+
+    assert type(model) is plugin.CLASSES[method] and model.cfg.method == method
+    assert model.cfg.momentum.parts == parts and not any(n in model._modules for n in SOLO_MOMENTUM_MODULES)
+    assert model.num_large_crops == 2
+    if path.name.endswith("_ema_projector.yaml"):
+        assert parts == "projector" and model.num_small_crops == 0
+        assert model.ema.paths == [HEADS[method.removesuffix("_ema")]]
+    # two optimiser steps, two EMA updates; the second with solo-learn's cosine tau at step 1 of 2
+    assert trainer.global_step == 2 and int(model.ema.num_updates) == 2
+    assert model.ema.last_tau == pytest.approx(final_tau - (final_tau - base_tau) * (math.cos(math.pi / 2) + 1) / 2)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    end = dict(model.named_parameters())
+    assert not torch.equal(start["backbone.conv1.weight"], end["backbone.conv1.weight"])  # the optimiser stepped
+    copies = [n for n in end if n.startswith("ema.copies.")]
+    assert bool(copies) == (parts != "none")
+    if copies and base_tau < 1:
+        assert any(not torch.equal(start[n], end[n]) for n in copies)  # the EMA moved the copies
+    assert not logging.getLogger("lightning.pytorch").disabled  # the run left the suite's logging alone
 
 
 def test_console_entry_runs_solo_learns_main_pretrain(tmp_path: Path):
