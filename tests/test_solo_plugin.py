@@ -30,7 +30,7 @@ SOLO_ROOT = use_solo_learn()
 
 import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch import Callback, Trainer  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 from solo.data.pretrain_dataloader import (  # noqa: E402
@@ -206,6 +206,107 @@ def test_fit_with_cifar_stem():
     count_forwards(model.backbone, online)
     fit_one_step(model, dataset="cifar10")
     assert online == {"train": 2, "eval": 1}
+
+
+def cosine_tau(k: int, steps: int, base: float, final: float) -> float:
+    """tau of the k-th EMA update (k = 1..steps) under solo-learn's schedule: base at k = 1, cosine towards final."""
+    return final - (final - base) * (math.cos(math.pi * (k - 1) / steps) + 1) / 2
+
+
+class EMAStepChecker(Callback):
+    """Reads the online and momentum parameters of one EMA part before every batch and at the end of the fit.
+
+    Each reading is compared with the one before it (in float64) and the comparison is kept: the global step,
+    the largest deviation of the target from ``tau_k * target_{k-1} + (1 - tau_k) * online_k`` (from no change
+    at all when no optimiser step came in between), how far the online part moved, and how far the target lags.
+    """
+
+    def __init__(self, path: str, steps: int, base: float, final: float) -> None:
+        self.path, self.steps, self.base, self.final = path, steps, base, final
+        self.previous: tuple[int, list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.readings: list[dict[str, float]] = []
+
+    def _flat(self, module: torch.nn.Module) -> torch.Tensor:
+        """The part's parameters as one float64 vector; of a large part (layer4: 8.4M) every k-th entry of each."""
+        params = [p.detach().reshape(-1) for p in module.parameters()]
+        stride = max(1, sum(p.numel() for p in params) // 50_000)
+        return torch.cat([p[::stride] for p in params]).double()
+
+    def _read(self, trainer: Trainer, model) -> None:
+        online, target = self._flat(model.get_submodule(self.path)), self._flat(model.ema.copy_of(self.path))
+        step = trainer.global_step
+        if self.previous is None:
+            self.readings.append({"step": step, "deviation": (target - online).abs().max().item()})
+        else:
+            step0, online0, target0 = self.previous
+            if step == step0:
+                expected = target0
+            else:
+                tau = cosine_tau(step, self.steps, self.base, self.final)
+                expected = tau * target0 + (1 - tau) * online
+            self.readings.append(
+                {
+                    "step": step,
+                    "deviation": (target - expected).abs().max().item(),
+                    "scale": expected.abs().max().item(),
+                    "online_moved": (online - online0).abs().max().item(),
+                    "lag": (target - online).abs().max().item(),
+                }
+            )
+        self.previous = (step, online, target)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
+        self._read(trainer, pl_module)  # the state after the previous batch, its EMA update included
+
+    def on_train_end(self, trainer: Trainer, pl_module) -> None:
+        self._read(trainer, pl_module)
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "parts", "path"),
+    [(1, "projector", "projector"), (2, "projector", "projector"), (2, "block4+projector", "backbone.layer4")],
+)
+def test_ema_in_the_training_loop_follows_the_cosine_formula(accumulate: int, parts: str, path: str):
+    """A Trainer fit through the plug-in: after optimiser step k, target_k = tau_k target_{k-1} + (1 - tau_k) online_k.
+
+    tau_k = final - (final - base) (cos(pi (k - 1) / K) + 1) / 2 over the K optimiser steps of the run (solo-learn's
+    schedule), one update per optimiser step whatever accumulate_grad_batches is, none between them.
+    """
+    steps, base, final = 4, 0.9, 1.0
+    cfg = make_cfg("byol_ema", parts)
+    cfg.momentum.base_tau, cfg.momentum.final_tau = base, final
+    cfg.scheduler.name = "none"  # a constant learning rate: the online part moves at every step
+    cfg.accumulate_grad_batches = accumulate
+    torch.manual_seed(0)
+    model = METHODS["byol_ema"](cfg)
+    checker = EMAStepChecker(path, steps, base, final)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        accumulate_grad_batches=accumulate,
+        callbacks=[checker],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    train, _ = make_loaders(train_size=steps * accumulate * BATCH)
+    trainer.fit(model, train)
+
+    first, *readings = checker.readings
+    assert trainer.global_step == steps and len(readings) == steps * accumulate
+    assert first == {"step": 0, "deviation": 0.0}  # the copies start as exact copies
+    # one optimiser step (and so one EMA update) every `accumulate` batches, none in between
+    assert [r["step"] for r in readings] == [(b + 1) // accumulate for b in range(steps * accumulate)]
+    for before, r in zip(checker.readings, readings):
+        assert r["deviation"] <= 1e-7 + 1e-6 * r["scale"], r  # float32 rounding only
+        if r["step"] == before["step"]:
+            assert r["online_moved"] == 0.0
+        else:
+            assert r["online_moved"] > 1e-3 and r["lag"] > 1e-3, r  # the online part moved; the target lags
+    assert int(model.ema.num_updates) == steps
+    assert model.ema.last_tau == pytest.approx(cosine_tau(steps, steps, base, final))
 
 
 def _same_weights(stock, ema, perturb_backbone: bool) -> None:
