@@ -148,7 +148,7 @@ def solo_learn_root() -> tuple[Path | None, str]:
             return None, str(err)
     if (SHARED_SOLO_LEARN / "main_pretrain.py").is_file():
         return SHARED_SOLO_LEARN, ""
-    return None, f"solo-learn not found: set {ROOT_ENV} to a checkout, or {INSTALL_HINT}"
+    return None, f"solo-learn not found: `make solo-learn` (SOLO_LEARN_ROOT=PATH of a checkout), or {INSTALL_HINT}"
 
 
 def use_solo_learn() -> Path:
@@ -182,7 +182,8 @@ class SkippedUnderCI(pytest.Item):
 
 def _skip_reason(longrepr: object) -> str:
     """The message of a skip report (pytest stores it as (file, line, 'Skipped: reason'))."""
-    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return message.removeprefix("Skipped: ")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -203,3 +204,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true: {_skip_reason(report.longrepr)}"
+        report.when = "call"  # a skipif mark acts at set-up: report the test as failed, not as a set-up error
