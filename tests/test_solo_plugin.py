@@ -486,8 +486,10 @@ def test_yaml_fits_two_steps(path: Path, tmp_path: Path, monkeypatch: pytest.Mon
         parts = "none"
     with hydra.initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
         composed = hydra.compose(config_name=path.name)
+    large = composed.augmentations[0].crop_size  # solo-learn: crops of the first pipeline's size are the large ones
     overrides = [
-        f"++augmentations.{i}.crop_size=32" for i in range(len(composed.augmentations))
+        f"++augmentations.{i}.crop_size={32 if aug.crop_size == large else 16}"
+        for i, aug in enumerate(composed.augmentations)
     ] + [f"++method_kwargs.{k}={v}" for k, v in SMALL_METHOD_KWARGS.items() if k in composed.method_kwargs]
     argv = [
         "--config-path",
