@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?=
+# a solo-learn checkout for the plug-in tests (solo_ema.solo); the snapshot beside the project by default
+SOLO_LEARN_ROOT ?= ../shared/solo-learn
 
-.PHONY: setup setup-dali data demo test lint bench clean
+.PHONY: setup setup-dali data demo test lint bench clean solo-learn
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +39,18 @@ demo: setup data
 
 test: setup data
 	$(BIN)/python -m pytest -q
+
+# solo-learn importable in the venv: its checkout on the path (a .pth file; the checkout is not pip-installed and
+# stays read-only) and the packages it imports, with the project's torch, lightning, torchmetrics and omegaconf kept
+solo-learn: setup
+	@test -f "$(SOLO_LEARN_ROOT)/main_pretrain.py" || { \
+	  echo "no solo-learn checkout at $(SOLO_LEARN_ROOT): set SOLO_LEARN_ROOT=PATH (git clone https://github.com/vturrisi/solo-learn)"; \
+	  exit 2; }
+	$(BIN)/pip install -q --no-deps "hydra-core==1.3.*" "antlr4-python3-runtime==4.9.*"
+	$(BIN)/pip freeze | grep -iE '^(torch|torchvision|lightning|torchmetrics|numpy|omegaconf)==' > $(VENV)/solo-learn-constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/solo-learn-constraints.txt timm scipy
+	echo "$(abspath $(SOLO_LEARN_ROOT))" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/solo-learn.pth"
+	$(BIN)/python -c "import hydra, solo, solo_ema.solo; print('solo-learn ready:', solo.__path__[0])"
 
 lint: setup
 	$(BIN)/ruff check .

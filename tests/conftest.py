@@ -1,17 +1,31 @@
-"""Shared fixtures: tiny BYOL configs and models, seeded multi-crop batches, a toy encoder for pure-torch EMA."""
+"""Shared fixtures: tiny BYOL configs and models, seeded multi-crop batches, a toy encoder for pure-torch EMA.
+
+Also the suite's policy on optional dependencies (solo-learn, DALI, Fashion-MNIST): where one is missing a
+test may skip, but under ``CI=true`` every skip, a whole module's included, is reported as a failure.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from solo_ema.pretrain import build_cfg, build_model
+from solo_ema.solo_learn_check import INSTALL_HINT, solo_import_error
+from solo_ema.solo_pretrain import ROOT_ENV, find_solo_root
+
+REPO = Path(__file__).resolve().parents[1]
+#: CI runs everything: there a skip (a missing solo-learn, a DALI that fails to import, ...) is a failure
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+#: the solo-learn snapshot kept beside the project's root on developer machines and in CI
+SHARED_SOLO_LEARN = REPO.parent / "shared" / "solo-learn"
 
 # Tiny tensors gain nothing from several threads and lose a lot on a loaded machine; subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -125,3 +139,76 @@ def toy() -> ToyEncoder:
     """A seeded ToyEncoder in train mode."""
     torch.manual_seed(0)
     return ToyEncoder().train()
+
+
+# -- optional dependencies ------------------------------------------------------------------------------------------
+def solo_learn_root() -> tuple[Path | None, str]:
+    """The solo-learn checkout the plug-in tests use, or None and why there is none.
+
+    ``$SOLO_LEARN_ROOT`` (a user's checkout) first, then the folder above an importable ``solo``
+    package, then ``../shared/solo-learn`` beside the project's root.
+    """
+    try:
+        return find_solo_root(None, os.environ.get(ROOT_ENV)), ""
+    except FileNotFoundError as err:
+        if os.environ.get(ROOT_ENV):
+            return None, str(err)
+    if (SHARED_SOLO_LEARN / "main_pretrain.py").is_file():
+        return SHARED_SOLO_LEARN, ""
+    return None, f"solo-learn not found: `make solo-learn` (SOLO_LEARN_ROOT=PATH of a checkout), or {INSTALL_HINT}"
+
+
+def use_solo_learn() -> Path:
+    """Put solo-learn's checkout on sys.path and check that it imports; skip the calling module otherwise."""
+    root, reason = solo_learn_root()
+    if root is None:
+        pytest.skip(reason, allow_module_level=True)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    error = solo_import_error()
+    if error is not None:
+        pytest.skip(f"{root}: {error}", allow_module_level=True)
+    return root
+
+
+class SkippedUnderCI(pytest.Item):
+    """Takes the place of a test module that skipped itself at import: under CI=true that is a failure."""
+
+    def __init__(self, *, reason: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def runtest(self) -> None:
+        """Fail with the module's skip reason."""
+        pytest.fail(f"skipped under CI=true: {self.reason}", pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        """Where the failure points: the skipped module."""
+        return self.path, None, f"{self.path.name} skipped"
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The message of a skip report (pytest stores it as (file, line, 'Skipped: reason'))."""
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return message.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """Under CI=true a module that skips itself at import becomes one failing item (the rest of the run goes on)."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and isinstance(collector, pytest.Module):
+        item = SkippedUnderCI.from_parent(collector, name="module_skipped", reason=_skip_reason(report.longrepr))
+        report.outcome, report.longrepr, report.result = "passed", None, [item]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI=true a skipped test (skip, skipif, importorskip) is reported as failed, with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {_skip_reason(report.longrepr)}"
+        report.when = "call"  # a skipif mark acts at set-up: report the test as failed, not as a set-up error
