@@ -119,17 +119,22 @@ def canonical_table(name: str, known: Iterable[str]) -> str:
     raise UsageError(f"unknown table '{name}'; valid: {', '.join(known)}")
 
 
-def load_paper(path: str | Path) -> list[dict[str, str]]:
-    """The rows of zoo/paper_results.csv (one per table, row and metric), in file order."""
+def read_rows(path: str | Path, flag: str, needs: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV file given with `flag`, which must exist, hold rows and have the columns `needs`."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--paper: no such file '{path}'")
+        raise UsageError(f"{flag}: no such file '{path}'")
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    missing = {"table", "row", "metric", "value"} - set(rows[0] if rows else {})
-    if missing:
-        raise UsageError(f"--paper: '{path}' lacks the columns {', '.join(sorted(missing))}")
+    missing = set(needs) - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise UsageError(f"{flag}: '{path}' has no rows or lacks the columns {', '.join(sorted(missing))}")
     return rows
+
+
+def load_paper(path: str | Path) -> list[dict[str, str]]:
+    """The rows of zoo/paper_results.csv (one per table, row and metric), in file order."""
+    return read_rows(path, "--paper", ("table", "row", "metric", "value"))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, str]] | None:
@@ -277,15 +282,7 @@ MEASURED_COLUMNS = ("run", "EMA", "tau", "epochs", "top-1", "kNN", "s/epoch", "t
 
 def load_measured(path: str | Path) -> list[dict[str, str]]:
     """The rows of a measured results file (one per run), checked for the columns the table needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--measured: no such file '{path}'")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    missing = set(MEASURED_NEEDS) - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise UsageError(f"--measured: '{path}' has no rows or lacks the columns {', '.join(sorted(missing))}")
-    return rows
+    return read_rows(path, "--measured", MEASURED_NEEDS)
 
 
 def _num(text: str | None) -> float | None:
