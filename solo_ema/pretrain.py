@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .analysis.cost import cost_of
 from .data.datasets import UnreadableImageError
+from .data.device import DEVICE_DATASETS
 from .ema import EMASpecError, parse_ema_spec, valid_names
+from .engine.knn import DISTANCES
 from .engine.reliability import NonFiniteLossError
 from .errors import UsageError
 
@@ -27,8 +29,6 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "imagenet100
 IMAGENET_DATASETS = ("imagenet100", "imagenet")
 FOLDER_DATASETS = (*IMAGENET_DATASETS, "custom")
 SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
-DEVICE_DATA_DATASETS = (*SMALL_DATASETS, "custom")  # solo_ema.data.device.DEVICE_DATASETS
-KNN_METRICS = ("cosine", "euclidean", "paper")  # knn_eval.distance_func (solo_ema.engine.knn.DISTANCES)
 
 
 def bn1_position(value: str) -> str:
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--momentum_classifier", action="store_true")
     a("--knn_eval", action="store_true")
     a("--knn_k", type=int, default=20)
-    a("--knn_metric", default=None, choices=KNN_METRICS,
+    a("--knn_metric", default=None, choices=DISTANCES,
       help="kNN metric (implies --knn_eval): cosine (default; first large crop, last 50k samples), euclidean "
            "(normalised features), paper (solo-learn 1.0.x, the paper's KNN-1: raw features, weights "
            "1/(d+1e-5), both large crops of the epoch)")
@@ -283,8 +283,8 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
     _check(not args.dali or args.dataset in FOLDER_DATASETS, "--dali",
            f"DALI reads image folders ({', '.join(FOLDER_DATASETS)}), not {args.dataset}")
-    _check(not args.device_data or args.dataset in DEVICE_DATA_DATASETS, "--device_data",
-           f"supports {', '.join(DEVICE_DATA_DATASETS)}, not {args.dataset}")
+    _check(not args.device_data or args.dataset in DEVICE_DATASETS, "--device_data",
+           f"supports {', '.join(DEVICE_DATASETS)}, not {args.dataset}")
     _check(not (args.device_data and args.dali), "--device_data", "give either --device_data or --dali, not both")
     if args.dataset in IMAGENET_DATASETS:
         args.train_dir = "train" if args.train_dir is None else args.train_dir
