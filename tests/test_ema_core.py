@@ -48,6 +48,16 @@ def run_with_buffer_copies(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return functional_call(module, buffers, (x,))
 
 
+def target_and_stem_runs(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+    """model.ema.target(x) and how many times it ran the online stem (0: it resumed from x's capture)."""
+    runs = []
+    handle = model.backbone.conv1.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        return model.ema.target(x), len(runs)
+    finally:
+        handle.remove()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # parse_ema_spec
 
@@ -316,8 +326,9 @@ def test_target_forward_block3_projector_matches_explicit_stages(make_model, per
     perturb(model.ema.copies, seed=7, scale=0.05)
     assert not torch.equal(model.ema.copy_of("projector").fc1.weight, model.projector.fc1.weight)
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(8))
-    model(x)  # the online pass the target reuses
-    captured = model.ema.pop_captured()
+    with model.ema.capture(x):
+        model(x)  # the online pass the target reuses
+    assert model.ema.pending == 1
 
     b = copy.deepcopy(model.backbone)  # reference copies: running them must not touch the real modules
     m_layer3 = copy.deepcopy(model.ema.copy_of("backbone.layer3"))
@@ -330,11 +341,13 @@ def test_target_forward_block3_projector_matches_explicit_stages(make_model, per
         feats = torch.flatten(b.avgpool(h), 1)
         z = m_proj(feats)
 
-    cached = model.ema.target_forward(None, captured)
+    cached, stem_runs = target_and_stem_runs(model, x)
+    assert stem_runs == 0 and model.ema.pending == 0  # resumed from the capture, which is now forgotten
     assert set(cached) == {"feats", "z"}
     torch.testing.assert_close(cached["feats"], feats, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached["z"], z, rtol=1e-5, atol=1e-5)
-    from_images = model.ema.target_forward(x)
+    from_images, stem_runs = target_and_stem_runs(model, x)
+    assert stem_runs == 1
     torch.testing.assert_close(from_images["feats"], feats, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(from_images["z"], z, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(z, model.projector(feats), atol=1e-4)  # the momentum projector really was used
@@ -347,15 +360,19 @@ def test_target_forward_projector_fc2_matches_explicit_stages(make_model, pertur
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         feats = model.backbone(x)
-        model.ema.pop_captured()
         p = model.projector
         h = p.act1(run_with_buffer_copies(p.bn1, p.fc1(feats)))
         z = model.ema.copy_of("projector.fc2")(h)
-    model(x)
-    cached = model.ema.target_forward(None, model.ema.pop_captured())
+    assert model.ema.pending == 0  # forwards outside capture() leave nothing behind
+    with model.ema.capture(x):
+        model(x)
+    cached, stem_runs = target_and_stem_runs(model, x)
+    assert stem_runs == 0
     torch.testing.assert_close(cached["z"], z, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached["feats"], feats, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.ema.target_forward(x)["z"], z, rtol=1e-5, atol=1e-5)
+    from_images, stem_runs = target_and_stem_runs(model, x)
+    assert stem_runs == 1
+    torch.testing.assert_close(from_images["z"], z, rtol=1e-5, atol=1e-5)
 
 
 def test_target_forward_projector_only_is_momentum_projector_of_online_feats(make_model, perturb) -> None:
@@ -363,13 +380,15 @@ def test_target_forward_projector_only_is_momentum_projector_of_online_feats(mak
     model = make_model("projector")
     perturb(model.ema.copies, seed=11)
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(12))
-    feats = model(x)["feats"].detach()
-    cached = model.ema.target_forward(None, model.ema.pop_captured())
+    with model.ema.capture(x):
+        feats = model(x)["feats"].detach()
+    cached, stem_runs = target_and_stem_runs(model, x)
+    assert stem_runs == 0
     with torch.no_grad():
         z = copy.deepcopy(model.ema.copy_of("projector"))(feats)
     assert torch.equal(cached["feats"], feats)
     torch.testing.assert_close(cached["z"], z, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(model.ema.target_forward(x)["z"], z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.ema.target(x)["z"], z, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", BN_SPECS)
@@ -377,12 +396,12 @@ def test_target_forward_leaves_online_batchnorm_buffers_unchanged(make_model, sp
     """Neither target pass (cached or from images) changes any online running_mean/var or num_batches_tracked."""
     model = make_model(spec)
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(13))
-    model(x)
-    captured = model.ema.pop_captured()
+    with model.ema.capture(x):
+        model(x)
     before = online_buffers(model)
     assert any(k.endswith("num_batches_tracked") for k in before)
-    model.ema.target_forward(x if model.ema.first == 0 else None, captured)
-    model.ema.target_forward(x)
+    model.ema.target(x)  # from the capture (from the images when the EMA starts at the stem)
+    model.ema.target(x)  # from the images
     model.momentum_forward(x)
     after = online_buffers(model)
     for name, buf in before.items():

@@ -399,7 +399,7 @@ def test_momentum_forward_without_cache_leaves_online_batchnorm_alone():
     cached = model.momentum_forward(x)
     torch.testing.assert_close(direct["z"], cached["z"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(direct["feats"], cached["feats"], rtol=1e-5, atol=1e-5)
-    assert not model._target_cache
+    assert model.ema.pending == 0
 
 
 def test_checkpoint_keys():
@@ -599,7 +599,8 @@ def test_capture_survives_sync_batchnorm_conversion():
     assert isinstance(model.ema.copy_of("backbone.layer4")[0].bn1, torch.nn.SyncBatchNorm)
     x = random_batch()[1][0]
     model.base_training_step(x, torch.zeros(BATCH, dtype=torch.long))
-    captured = model._target_cache[id(x)][1]
+    assert model.ema.pending == 1
+    captured = model.ema._held[id(x)][1]
     assert captured["input"].shape == (BATCH, 256, 2, 2) and not captured["input"].requires_grad
     assert model.momentum_forward(x)["z"].shape == (BATCH, METHOD_KWARGS["byol"]["proj_output_dim"])
 
@@ -615,7 +616,7 @@ def test_small_crops_are_students_only():
     batch[1] += [torch.randn(BATCH, 3, 16, 16) for _ in range(2)]
     outs = BaseMomentumMethod.training_step(model, batch, 0)
     assert online["train"] == 4 and len(outs["p"]) == 4 and len(outs["momentum_z"]) == 2
-    assert not model._target_cache
+    assert model.ema.pending == 0
     for z_online, z_target in zip(outs["z"][:2], outs["momentum_z"]):
         torch.testing.assert_close(z_online.detach(), z_target)  # copy == online projector at initialisation
     assert torch.isfinite(model.training_step(batch, 0))

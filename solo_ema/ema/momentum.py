@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .parts import covers
 from .schedule import check_taus, cosine_tau
-from .stages import Stage, covers, get_module, split_stages
+from .stages import Stage, get_module, split_stages
 
 
 def _merge_paths(root: nn.Module, paths: Sequence[str]) -> list[str]:
@@ -32,8 +34,9 @@ def _merge_paths(root: nn.Module, paths: Sequence[str]) -> list[str]:
 class PartialEMA(nn.Module):
     """Keeps momentum copies of some parts of an online encoder and runs the target pass through them.
 
-    The online encoder (``root``) is described by ordered ``stages``. The target pass starts from the
-    online activation at the input of the first EMA stage (captured by a hook during the online pass),
+    The online encoder (``root``) is described by ordered ``stages``. The target pass of a crop starts from
+    the online activation at the input of the first EMA stage (captured by a hook during the online pass of
+    that crop inside ``capture``; see ``target``),
     runs EMA stages with the momentum copies and later shared stages with the online weights, under
     no_grad, on copies of the online BatchNorm buffers so online running statistics never change.
     Only parameters are averaged; the copies' BatchNorm buffers follow their own forward passes.
@@ -66,7 +69,13 @@ class PartialEMA(nn.Module):
             p.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.last_tau = self.base_tau
-        self._captured: dict[str, torch.Tensor] = {}
+        self._recording: dict[str, torch.Tensor] | None = None  # the capture in progress
+        self._held: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}  # id(X) -> (X, capture)
+        # what a target pass needs from a capture to resume from it
+        self._needs = frozenset(
+            ({"input"} if self.shares_input else set())
+            | {s.output for s in self.stages[: self._stop] if s.output is not None}
+        )
         self._hooks = self._attach_capture_hooks()
 
     # structure ---------------------------------------------------------------------------------
@@ -140,31 +149,85 @@ class PartialEMA(nn.Module):
         self.last_tau = tau
         return tau
 
-    # target forward ----------------------------------------------------------------------------
+    # target protocol -------------------------------------------------------------------------
+    # The one place that decides what the target pass of a crop starts from. Per crop X:
+    #   with ema.capture(X): out = online_forward(X)   # the hooks record only inside this block
+    #   target = ema.target(X, prepare)                # from X's capture when complete, else from images
+    # and ema.clear() at the end of a batch. Forwards outside capture() leave nothing behind.
     def _attach_capture_hooks(self) -> list:
         hooks = []
         if self.shares_input:
             first = get_module(self.root, self.stages[self.first].path)
 
             def keep_input(_module: nn.Module, args: tuple) -> None:
-                self._captured["input"] = args[0].detach()
+                if self._recording is not None:
+                    self._recording["input"] = args[0].detach()
 
             hooks.append(first.register_forward_pre_hook(keep_input))
-        stop = len(self.stages) if self.first is None else self.first
-        for stage in self.stages[:stop]:
+        for stage in self.stages[: self._stop]:
             if stage.output is None:
                 continue
 
             def keep_output(_module: nn.Module, _args: tuple, out: torch.Tensor, name: str = stage.output) -> None:
-                self._captured[name] = out.detach()
+                if self._recording is not None:
+                    self._recording[name] = out.detach()
 
             hooks.append(get_module(self.root, stage.path).register_forward_hook(keep_output))
         return hooks
 
-    def pop_captured(self) -> dict[str, torch.Tensor]:
-        """Take what the last online pass left for the target pass (call right after it)."""
-        captured, self._captured = self._captured, {}
-        return captured
+    @property
+    def _stop(self) -> int:
+        """Index of the first stage the target pass runs itself when it resumes from a capture."""
+        return len(self.stages) if self.first is None else self.first
+
+    @contextmanager
+    def capture(self, X: torch.Tensor) -> Iterator[None]:
+        """Record, for the target pass of crop X, what the online pass of X inside this block computes."""
+        if self._recording is not None:
+            raise RuntimeError("PartialEMA.capture: already capturing another crop")
+        self._recording = {}
+        try:
+            yield
+            self._held[id(X)] = (X, self._recording)  # holding X keeps its id unique while the entry lives
+        finally:
+            self._recording = None
+
+    @torch.no_grad()
+    def target(
+        self, X: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Target outputs of crop X (e.g. {'feats', 'z'}), forgetting X's capture.
+
+        The pass resumes from the activations captured during X's online pass when they hold everything
+        it needs (the input of the first EMA stage and every output before it); otherwise it runs from
+        the images, ``prepare(X)`` (e.g. a memory-format change) when given.
+        """
+        entry = self._held.pop(id(X), None)
+        captured = entry[1] if entry is not None else {}
+        if self.first != 0 and self._needs <= captured.keys():
+            return self._forward(None, captured)
+        return self._forward(prepare(X) if prepare is not None else X, None)
+
+    @property
+    def pending(self) -> int:
+        """Number of captured crops whose target pass has not run yet."""
+        return len(self._held)
+
+    def clear(self) -> None:
+        """Forget every capture not yet used by a target pass (call at the end or start of a batch)."""
+        self._held.clear()
+
+    def remove_hooks(self) -> None:
+        """Remove the capture hooks from the online modules.
+
+        The hooks hold this object, so it lives as long as the online model does (``__del__`` never runs):
+        call this before deleting or replacing the PartialEMA of a model that stays in use, e.g. when a
+        second PartialEMA is built over the same model, or at the end of a test. Afterwards capture()
+        records nothing and every target pass runs from the images.
+        """
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _run_stage(self, stage: Stage, h: torch.Tensor) -> torch.Tensor:
         if not stage.is_module:
@@ -178,22 +241,17 @@ class PartialEMA(nn.Module):
             return online(h)
         return functional_call(online, buffers, (h,))
 
-    @torch.no_grad()
-    def target_forward(self, images: torch.Tensor | None, captured: dict[str, torch.Tensor] | None = None):
-        """Target outputs (e.g. {'feats', 'z'}) from the captured online activations, or from images."""
-        if captured:
+    def _forward(self, images: torch.Tensor | None, captured: dict[str, torch.Tensor] | None) -> dict:
+        """The target pass from the captured activations (complete, see target()) or else from images."""
+        if captured is not None:
             out = {k: v for k, v in captured.items() if k != "input"}
             if self.first is None:
                 return out
-            start = self.first
-            h = captured["input"] if self.shares_input else images
+            start, h = self.first, captured["input"]
         else:
-            if images is None:
-                raise ValueError("target_forward needs images when nothing was captured")
             out, start, h = {}, 0, images
         for stage in self.stages[start:]:
             h = self._run_stage(stage, h)
             if stage.output is not None:
                 out[stage.output] = h
         return out
-

@@ -45,7 +45,8 @@ def _canonical(token: str) -> str:
     return f"{top}.{rest}" if rest else top
 
 
-def _covers(outer: str, inner: str) -> bool:
+def covers(outer: str, inner: str) -> bool:
+    """True when the dotted name `inner` (a part or a module path) is `outer` or lies inside it."""
     return inner == outer or inner.startswith(outer + ".")
 
 
@@ -87,6 +88,6 @@ def parse_ema_spec(spec: str) -> EMASpec:
             parts.append(_canonical(token))
     if "none" in tokens and len(tokens) > 1:
         raise EMASpecError(f"'none' cannot be combined with other parts in '{spec}'")
-    kept = [p for p in dict.fromkeys(parts) if not any(q != p and _covers(q, p) for q in parts)]
+    kept = [p for p in dict.fromkeys(parts) if not any(q != p and covers(q, p) for q in parts)]
     kept.sort(key=lambda p: PARTS.index(p.split(".")[0]))
     return EMASpec(tuple(kept))

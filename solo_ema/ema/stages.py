@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .parts import BACKBONE_PARTS, EMASpec, EMASpecError
+from .parts import BACKBONE_PARTS, EMASpec, EMASpecError, covers
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,6 @@ def part_paths(part: str, backbone: str = "backbone", head: str = "projector") -
 def spec_paths(spec: EMASpec, backbone: str = "backbone", head: str = "projector") -> list[str]:
     """Module paths of every part of an EMA spec, in encoder order."""
     return [p for part in spec.parts for p in part_paths(part, backbone, head)]
-
-
-def covers(outer: str, inner: str) -> bool:
-    """True when module path `inner` is `outer` or lies inside it."""
-    return inner == outer or inner.startswith(outer + ".")
 
 
 def split_stages(root: nn.Module, stages: Sequence[Stage], paths: Sequence[str]) -> list[Stage]:

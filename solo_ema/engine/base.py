@@ -40,6 +40,12 @@ def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
     return [hit[:, : min(k, top.size(1))].any(dim=1).float().mean() * 100 for k in ks]
 
 
+def classifier_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A classifier's cross-entropy (targets of -1 ignored) and its top-1/top-5 accuracy in percent."""
+    acc1, acc5 = accuracy_at_k(logits.detach(), targets)
+    return {"loss": F.cross_entropy(logits, targets, ignore_index=-1), "acc1": acc1, "acc5": acc5}
+
+
 class BaseMethod(pl.LightningModule):
     """Backbone + online linear classifier on detached features; subclasses add heads and an SSL loss."""
 
@@ -218,15 +224,10 @@ class BaseMethod(pl.LightningModule):
         feats = self.features(X)
         return {"feats": feats, **self.head_forward(feats)}
 
-    def _classifier_step(self, out: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = out["logits"]
-        loss = F.cross_entropy(logits, targets, ignore_index=-1)
-        acc1, acc5 = accuracy_at_k(logits.detach(), targets)
-        return {**out, "loss": loss, "acc1": acc1, "acc5": acc5}
-
     def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Online forward of one large crop plus the online classifier's loss and accuracy."""
-        return self._classifier_step(self(X), targets)
+        out = self(X)
+        return {**out, **classifier_metrics(out["logits"], targets)}
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
         """Run every crop online; returns per-crop lists and the classifier loss (subclasses add theirs)."""
@@ -257,7 +258,8 @@ class BaseMethod(pl.LightningModule):
     def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Online classifier loss/accuracy on a validation batch (and features for the kNN)."""
         X, targets = batch
-        out = self._classifier_step(self(X), targets)
+        out = self(X)
+        out.update(classifier_metrics(out["logits"], targets))
         if self.knn_val is not None:
             self.knn_val.add(out["feats"], targets)
         metrics = {"batch_size": X.size(0), "val_loss": out["loss"], "val_acc1": out["acc1"], "val_acc5": out["acc5"]}
@@ -307,7 +309,8 @@ class BaseMomentumMethod(BaseMethod):
     """BaseMethod plus a target branch whose EMA parts (``momentum.parts``) are momentum copies.
 
     Shared parts are not recomputed: the target pass starts from the online activation before the
-    first EMA part, captured during the online pass of the same crop.
+    first EMA part, captured during the online pass of the same crop (``PartialEMA.capture`` /
+    ``PartialEMA.target``). Validation runs the target pass from the images.
     """
 
     default_ema_parts = "all"
@@ -319,7 +322,6 @@ class BaseMomentumMethod(BaseMethod):
         paths = spec_paths(self.ema_spec, "backbone", "projector")
         self.ema = PartialEMA(self, self.encoder_stages(), paths, m.base_tau, m.final_tau)
         self.momentum_classifier = nn.Linear(self.features_dim, self.num_classes) if m.classifier else None
-        self._target_cache: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
@@ -371,32 +373,20 @@ class BaseMomentumMethod(BaseMethod):
         return params
 
     def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """Online step of one large crop; keeps what the target pass of the same crop will reuse."""
-        out = super().base_training_step(X, targets)
-        self._target_cache[id(X)] = (X, self.ema.pop_captured())
-        return out
-
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Small crops feed no target pass: drop what the hooks captured."""
-        out = super().multicrop_forward(X)
-        self.ema.pop_captured()
-        return out
+        """Online step of one large crop, captured for the target pass of the same crop."""
+        with self.ema.capture(X):
+            return super().base_training_step(X, targets)
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         """Target features and projections of a crop: {'feats', 'z'}; subclasses post-process z."""
-        entry = self._target_cache.pop(id(X), None)
-        captured = entry[1] if entry is not None and entry[0] is X else None
-        needs_images = not captured or self.ema.first == 0
-        return self.ema.target_forward(self.to_input(X) if needs_images else None, captured)
+        return self.ema.target(X, self.to_input)
 
     def _shared_step_momentum(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         out = self.momentum_forward(X)
         if self.momentum_classifier is not None:
             logits = self.momentum_classifier(out["feats"].detach())
-            loss = F.cross_entropy(logits, targets, ignore_index=-1)
-            acc1, acc5 = accuracy_at_k(logits.detach(), targets)
-            out.update(logits=logits, loss=loss, acc1=acc1, acc5=acc5)
+            out.update(logits=logits, **classifier_metrics(logits, targets))
         return out
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
@@ -405,7 +395,7 @@ class BaseMomentumMethod(BaseMethod):
         _, X, targets = batch
         X = [X] if isinstance(X, torch.Tensor) else list(X)
         per_crop = [self._shared_step_momentum(x, targets) for x in X[: self.num_large_crops]]
-        self._target_cache.clear()
+        self.ema.clear()
         momentum = {f"momentum_{k}": [o[k] for o in per_crop] for k in per_crop[0]}
         if self.momentum_classifier is not None:
             for key in ("loss", "acc1", "acc5"):
@@ -424,15 +414,11 @@ class BaseMomentumMethod(BaseMethod):
         return outs
 
     def momentum_validation_metrics(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """Momentum classifier metrics (the target pass from images, nothing cached in validation)."""
-        self.ema.pop_captured()
+        """Momentum classifier metrics (the online pass was not captured: the target pass runs from images)."""
         if self.momentum_classifier is None:
             return {}
-        feats = self.momentum_forward(X)["feats"]
-        logits = self.momentum_classifier(feats)
-        acc1, acc5 = accuracy_at_k(logits, targets)
-        return {"momentum_val_loss": F.cross_entropy(logits, targets), "momentum_val_acc1": acc1,
-                "momentum_val_acc5": acc5}
+        out = self._shared_step_momentum(X, targets)
+        return {f"momentum_val_{k}": out[k] for k in ("loss", "acc1", "acc5")}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Optimizer step, then one EMA update of the momentum parts with the scheduled tau."""

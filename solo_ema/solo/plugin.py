@@ -13,11 +13,11 @@ What the mixin changes in a solo-learn momentum method, and nothing else:
 * ``momentum_pairs``: the (online, momentum) pairs of the EMA parts only, so solo-learn's own
   ``MomentumUpdater`` (in its ``on_train_batch_end``) averages exactly those parts, with its tau schedule
   (the core's ``num_updates`` / ``last_tau`` count along, for this project's analysis callbacks).
-* ``base_training_step`` / ``base_validation_step``: after solo-learn's online pass of a large crop,
-  keep what PartialEMA's hooks captured for that crop (keyed by the crop tensor object).
-* ``momentum_forward``: the target pass of that crop starts from the captured online activation
-  before the first EMA part (no second pass of the shared backbone); without a cache entry it runs
-  from the images, touching no online BatchNorm statistics.
+* ``base_training_step`` / ``base_validation_step``: solo-learn's online pass of a large crop runs inside
+  ``self.ema.capture(X)``, which keeps what the target pass of that crop reuses.
+* ``momentum_forward``: ``self.ema.target(X)``, which starts from the captured online activation before
+  the first EMA part (no second pass of the shared backbone), or from the images when the crop was not
+  captured, touching no online BatchNorm statistics.
 
 solo-learn's losses, optimisers, schedulers, logging and the rest of the training loop run unchanged;
 SimCLR and SimSiam (no momentum in solo-learn) additionally get ``BaseMomentumMethod`` in their bases
@@ -147,7 +147,6 @@ class PartialEMAMixin:
             self.cfg.momentum.base_tau,
             self.cfg.momentum.final_tau,
         )
-        self._target_cache: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
     @property
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -162,45 +161,30 @@ class PartialEMAMixin:
             self.ema.num_updates += 1
             self.ema.last_tau = tau
 
-    # the online pass keeps what the target pass of the same crop reuses --------------------------
-    def _keep_for_target(self, X: torch.Tensor) -> None:
-        self._target_cache[id(X)] = (X, self.ema.pop_captured())
-
+    # the target protocol of the core: capture the online pass of a large crop, then its target pass --
     def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """solo-learn's online step of a large crop, then keep the captured activations for its target pass."""
-        out = super().base_training_step(X, targets)
-        self._keep_for_target(X)
-        return out
+        """solo-learn's online step of a large crop, captured for the target pass of the same crop."""
+        with self.ema.capture(X):
+            return super().base_training_step(X, targets)
 
     def base_validation_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """solo-learn's online validation step, then keep the captured activations for its target pass."""
-        out = super().base_validation_step(X, targets)
-        self._keep_for_target(X)
-        return out
-
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """Small crops have no target pass: drop what the hooks captured."""
-        out = super().multicrop_forward(X)
-        self.ema.pop_captured()
-        return out
+        """solo-learn's online validation step, captured for the target pass of the same crop."""
+        with self.ema.capture(X):
+            return super().base_validation_step(X, targets)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
-        """Start each batch with an empty target cache."""
-        self._target_cache.clear()
+        """Start each batch with no capture held."""
+        self.ema.clear()
         return super().on_train_batch_start(batch, batch_idx)
+
+    def _to_input(self, X: torch.Tensor) -> torch.Tensor:
+        """The images as solo-learn's backbone sees them (channels_last unless disabled)."""
+        return X if self.no_channel_last else X.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """Target pass of a crop: {'feats', 'z'} from the EMA parts, starting at the cached online activation."""
-        entry = self._target_cache.pop(id(X), None)
-        captured = entry[1] if entry is not None and entry[0] is X else None
-        complete = captured and ("input" in captured or not self.ema.shares_input)
-        if complete and self.ema.first != 0:
-            out = self.ema.target_forward(None, captured)
-        else:
-            if not self.no_channel_last:
-                X = X.to(memory_format=torch.channels_last)
-            out = self.ema.target_forward(X, None)
+        """Target pass of a crop: {'feats', 'z'} from the EMA parts (z normalised where solo-learn does)."""
+        out = self.ema.target(X, self._to_input)
         z = F.normalize(out["z"], dim=-1) if self._normalize_target else out["z"]
         return {"feats": out["feats"], "z": z}
 
