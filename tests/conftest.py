@@ -6,6 +6,7 @@ test may skip, but under ``CI=true`` every skip, a whole module's included, is r
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -18,14 +19,14 @@ import torch
 from torch import nn
 
 from solo_ema.pretrain import build_cfg, build_model
-from solo_ema.solo_learn_check import INSTALL_HINT, solo_import_error
-from solo_ema.solo_pretrain import ROOT_ENV, find_solo_root
 
 REPO = Path(__file__).resolve().parents[1]
 #: CI runs everything: there a skip (a missing solo-learn, a DALI that fails to import, ...) is a failure
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 #: the solo-learn snapshot kept beside the project's root on developer machines and in CI
 SHARED_SOLO_LEARN = REPO.parent / "shared" / "solo-learn"
+#: the variable naming a user's solo-learn checkout (solo_ema.solo.check.ROOT_ENV)
+SOLO_ROOT_ENV = "SOLO_LEARN_ROOT"
 
 # Tiny tensors gain nothing from several threads and lose a lot on a loaded machine; subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -143,31 +144,68 @@ def toy() -> ToyEncoder:
 
 # -- optional dependencies ------------------------------------------------------------------------------------------
 def solo_learn_root() -> tuple[Path | None, str]:
-    """The solo-learn checkout the plug-in tests use, or None and why there is none.
+    """The solo-learn checkout the plug-in tests use, or None and why there is none (imports no solo-learn).
 
     ``$SOLO_LEARN_ROOT`` (a user's checkout) first, then the folder above an importable ``solo``
-    package, then ``../shared/solo-learn`` beside the project's root.
+    package, then ``../shared/solo-learn`` beside the project's root; a checkout holds main_pretrain.py.
     """
+    env = os.environ.get(SOLO_ROOT_ENV)
+    if env:
+        root = Path(env).expanduser().resolve()
+        if (root / "main_pretrain.py").is_file():
+            return root, ""
+        return None, f"${SOLO_ROOT_ENV}={env}: no main_pretrain.py there (it must be a solo-learn checkout)"
     try:
-        return find_solo_root(None, os.environ.get(ROOT_ENV)), ""
-    except FileNotFoundError as err:
-        if os.environ.get(ROOT_ENV):
-            return None, str(err)
-    if (SHARED_SOLO_LEARN / "main_pretrain.py").is_file():
-        return SHARED_SOLO_LEARN, ""
-    return None, f"solo-learn not found: `make solo-learn` (SOLO_LEARN_ROOT=PATH of a checkout), or {INSTALL_HINT}"
+        spec = importlib.util.find_spec("solo")
+    except (ImportError, ValueError):
+        spec = None
+    installed = Path(spec.origin).resolve().parents[1] if spec is not None and spec.origin else None
+    for root in (installed, SHARED_SOLO_LEARN):
+        if root is not None and (root / "main_pretrain.py").is_file():
+            return root, ""
+    return None, f"solo-learn not found: `make solo-learn` ({SOLO_ROOT_ENV}=PATH of a checkout); see docs/solo_learn.md"
 
 
 def use_solo_learn() -> Path:
-    """Put solo-learn's checkout on sys.path and check that it imports; skip the calling module otherwise."""
+    """Put solo-learn's checkout on sys.path and import the plug-in over it; skip the calling module otherwise."""
     root, reason = solo_learn_root()
     if root is None:
         pytest.skip(reason, allow_module_level=True)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    error = solo_import_error()
-    if error is not None:
-        pytest.skip(f"{root}: {error}", allow_module_level=True)
+    try:
+        import solo_ema.solo  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"{root}: {err}", allow_module_level=True)
+    return root
+
+
+#: a stand-in solo-learn checkout: solo.methods (BYOL only) and a main_pretrain.py that prints what it sees
+#: (its arguments, the methods registered, where solo came from, $SOLO_LEARN_ROOT, the solo_ema modules loaded)
+STANDIN_CHECKOUT = {
+    "solo/__init__.py": "",
+    "solo/methods/base.py": "class BaseMethod:\n    pass\n\n\nclass BaseMomentumMethod(BaseMethod):\n    pass\n",
+    "solo/methods/__init__.py": (
+        "from solo.methods.base import BaseMomentumMethod\n\n"
+        "METHODS = {'byol': type('BYOL', (BaseMomentumMethod,), {})}\n"
+    ),
+    "main_pretrain.py": (
+        "import json, os, sys\n"
+        "import solo\n"
+        "from solo.methods import METHODS\n\n\n"
+        "def main():\n"
+        "    print(json.dumps({'argv': sys.argv, 'methods': sorted(METHODS), 'solo': solo.__file__,\n"
+        "                      'env': os.environ.get('SOLO_LEARN_ROOT'),\n"
+        "                      'modules': sorted(m for m in sys.modules if m.split('.')[0] == 'solo_ema')}))\n"
+    ),
+}
+
+
+def write_standin_checkout(root: Path) -> Path:
+    """Write STANDIN_CHECKOUT under `root` (a folder on no path, as a clone that is not pip-installed); returns it."""
+    for name, text in STANDIN_CHECKOUT.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     return root
 
 

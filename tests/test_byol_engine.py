@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solo_ema.methods.byol import byol_loss
+from solo_ema.losses import byol_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

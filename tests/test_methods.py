@@ -17,12 +17,9 @@ from conftest import logged_taus
 from torch import nn
 
 from solo_ema.engine import BaseMomentumMethod
+from solo_ema.losses import dino_loss, moco_loss, nt_xent, ressl_loss, simsiam_loss
 from solo_ema.methods import METHODS
-from solo_ema.methods.dino import clip_gradients, dino_loss, teacher_temperature, updated_center
-from solo_ema.methods.mocov2plus import moco_loss
-from solo_ema.methods.ressl import ressl_loss
-from solo_ema.methods.simclr import nt_xent
-from solo_ema.methods.simsiam import simsiam_loss
+from solo_ema.methods.dino import clip_gradients, teacher_temperature, updated_center
 from solo_ema.pretrain import UsageError, build_cfg, build_model
 
 METHOD_NAMES = ["byol", "dino", "mocov2plus", "ressl", "simclr", "simsiam"]

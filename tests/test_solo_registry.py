@@ -191,7 +191,7 @@ def test_import_without_solo_learn_is_one_line(isolated: pytest.MonkeyPatch):
 
 
 def test_missing_dependency_of_solo_learn_is_named(standin):
-    from solo_ema.solo_learn_check import missing_message
+    from solo_ema.solo.check import missing_message
 
     message = missing_message(ModuleNotFoundError("No module named 'timm'", name="timm"))
     assert "'timm'" in message and HINT in message and "\n" not in message
@@ -234,7 +234,8 @@ def test_console_script_without_solo_learn(tmp_path: Path):
 
 
 def test_cli_argument_plumbing(standin, tmp_path: Path):
-    from solo_ema.solo_pretrain import absolute_config_paths, split_solo_root
+    from solo_ema.solo.pretrain import absolute_config_paths
+    from solo_ema.solo_pretrain import split_solo_root
 
     root, rest = split_solo_root(["--solo_root", "/src/solo-learn", "--config-name", "a.yaml", "++max_steps=2"])
     assert root == "/src/solo-learn" and rest == ["--config-name", "a.yaml", "++max_steps=2"]
@@ -254,7 +255,7 @@ def test_cli_argument_plumbing(standin, tmp_path: Path):
 
 
 def test_cli_finds_a_checkout(standin, tmp_path: Path):
-    from solo_ema.solo_pretrain import find_solo_root
+    from solo_ema.solo.pretrain import find_solo_root
 
     checkout = tmp_path / "solo-learn"
     checkout.mkdir()
@@ -263,3 +264,21 @@ def test_cli_finds_a_checkout(standin, tmp_path: Path):
     (checkout / "main_pretrain.py").write_text("")
     assert find_solo_root(str(checkout)) == checkout.resolve()
     assert find_solo_root(None, str(checkout)) == checkout.resolve()
+
+
+def test_entry_and_plugin_name_one_checkout_variable(standin):
+    from solo_ema import solo_pretrain
+    from solo_ema.solo import check
+
+    assert solo_pretrain.ROOT_ENV == check.ROOT_ENV == "SOLO_LEARN_ROOT"
+
+
+def test_cli_help_needs_no_solo_learn(isolated: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    sys.modules["solo"] = None
+    from solo_ema.solo_pretrain import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: solo-ema-solo-pretrain [--solo_root PATH]") and "$SOLO_LEARN_ROOT" in out
+    assert "solo_ema.solo" not in sys.modules  # help was printed without loading the plug-in
+

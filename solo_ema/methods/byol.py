@@ -11,12 +11,8 @@ from omegaconf import DictConfig
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
+from ..losses import byol_loss
 from .heads import mlp
-
-
-def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """2 - 2 cos(p, sg(z)), averaged over the batch."""
-    return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
 class BYOL(BaseMomentumMethod):

@@ -15,6 +15,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
 from ..engine.distributed import all_reduce_sum, world_size
+from ..losses import dino_loss
 
 
 class L2Norm(nn.Module):
@@ -78,31 +79,6 @@ def teacher_temperature(epoch: int, warmup_temperature: float, temperature: floa
     if warmup_epochs == 1:
         return float(warmup_temperature)
     return float(warmup_temperature + (temperature - warmup_temperature) * epoch / (warmup_epochs - 1))
-
-
-def dino_loss(
-    student: Sequence[torch.Tensor],
-    teacher: Sequence[torch.Tensor],
-    center: torch.Tensor,
-    student_temperature: float,
-    teacher_temperature: float,
-) -> torch.Tensor:
-    """Mean over pairs (teacher crop t, student crop s != t) of CE(softmax((t - c)/T_t), log_softmax(s/T_s)).
-
-    ``teacher`` holds the outputs of the large crops (crop i of the teacher is crop i of the student),
-    ``student`` those of every crop; each cross-entropy is averaged over the batch.
-    """
-    total, pairs = 0.0, 0
-    for it, t in enumerate(teacher):
-        q = F.softmax((t.detach() - center) / teacher_temperature, dim=-1)
-        for iv, s in enumerate(student):
-            if iv == it:
-                continue
-            total = total + torch.sum(-q * F.log_softmax(s / student_temperature, dim=-1), dim=-1).mean()
-            pairs += 1
-    if pairs == 0:
-        raise ValueError("the DINO loss needs at least two crops")
-    return total / pairs
 
 
 @torch.no_grad()

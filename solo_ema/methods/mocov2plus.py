@@ -12,16 +12,8 @@ from omegaconf import DictConfig
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default, cfg_get
 from ..engine.distributed import check_queue_size, gather
+from ..losses import moco_loss
 from .queue import QueueMethod
-
-
-def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE: cross-entropy of logits [q.k, q.queue] / T with target 0 (q, k: B x D normalised; queue: D x Q)."""
-    pos = torch.einsum("nc,nc->n", q, k.detach()).unsqueeze(-1)
-    neg = torch.einsum("nc,ck->nk", q, queue.detach())
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    targets = torch.zeros(q.size(0), dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, targets)
 
 
 class MoCoV2Plus(QueueMethod):

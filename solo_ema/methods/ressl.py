@@ -12,16 +12,8 @@ from omegaconf import DictConfig
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default, cfg_get
 from ..engine.distributed import check_queue_size, gather
+from ..losses import ressl_loss
 from .queue import QueueMethod
-
-
-def ressl_loss(
-    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature_q: float, temperature_k: float
-) -> torch.Tensor:
-    """CE(softmax(k . queue^T / T_k), log_softmax(q . queue^T / T_q)), averaged over the batch (queue: Q x D)."""
-    logits_q = q @ queue.detach().T / temperature_q
-    logits_k = k.detach() @ queue.detach().T / temperature_k
-    return torch.sum(-F.softmax(logits_k, dim=-1) * F.log_softmax(logits_q, dim=-1), dim=-1).mean()
 
 
 class ReSSL(QueueMethod):

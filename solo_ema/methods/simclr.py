@@ -6,41 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
 from ..engine.distributed import gather
+from ..losses import nt_xent
 from .heads import mlp
-
-
-def nt_xent(
-    anchors: torch.Tensor,
-    anchor_index: torch.Tensor,
-    anchor_view: torch.Tensor,
-    candidates: torch.Tensor,
-    candidate_index: torch.Tensor,
-    candidate_view: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """NT-Xent: mean over anchors a of -log(sum_pos exp(a.c/T) / sum_{pos+neg} exp(a.c/T)) on normalised vectors.
-
-    Positives of an anchor: candidates with its sample index from another view; negatives: candidates of
-    other samples (any view); the anchor's own (sample, view) pair is neither.
-    """
-    a = F.normalize(anchors, dim=-1)
-    c = F.normalize(candidates, dim=-1)
-    logits = a @ c.T / temperature
-    same_sample = anchor_index[:, None] == candidate_index[None, :]
-    same_view = anchor_view[:, None] == candidate_view[None, :]
-    pos = same_sample & ~same_view
-    valid = ~(same_sample & same_view)
-    if not bool(pos.any(dim=1).all()):
-        raise ValueError("every anchor needs a positive: a candidate of the same sample from another view")
-    log_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
-    log_all = torch.logsumexp(logits.masked_fill(~valid, float("-inf")), dim=1)
-    return (log_all - log_pos).mean()
 
 
 class SimCLR(BaseMomentumMethod):

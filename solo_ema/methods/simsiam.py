@@ -13,12 +13,8 @@ from torch import nn
 
 from ..engine import BaseMomentumMethod
 from ..engine.config import cfg_default
+from ..losses import simsiam_loss
 from .heads import mlp
-
-
-def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """-cos(p, sg(z)), averaged over the batch."""
-    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
 class SimSiam(BaseMomentumMethod):

@@ -3,12 +3,17 @@
 Importing this package imports solo-learn and registers ``byol_ema``, ``dino_ema``, ``mocov2plus_ema``,
 ``ressl_ema``, ``simclr_ema`` and ``simsiam_ema`` in ``solo.methods.METHODS``, so solo-learn's own
 ``main_pretrain.py`` (or ``solo-ema-solo-pretrain``) can train them; the config key
-``momentum.parts`` chooses the EMA parts. Without solo-learn it raises a one-line ImportError that
-says how to install it. See docs/solo_learn.md.
+``momentum.parts`` chooses the EMA parts. A checkout named by ``$SOLO_LEARN_ROOT`` is put on sys.path
+first (it need not be pip-installed). Without solo-learn it raises a one-line ImportError that says
+how to install it. See docs/solo_learn.md.
+
+This package is the only part of solo_ema that imports solo-learn; of solo_ema it imports only the
+core (``solo_ema.ema``) and ``solo_ema.losses``.
 """
 
-from ..solo_learn_check import INSTALL_HINT, solo_import_error
+from .check import INSTALL_HINT, add_root_to_path, solo_import_error
 
+add_root_to_path()
 _IMPORT_ERROR = solo_import_error()
 if _IMPORT_ERROR is not None:
     raise _IMPORT_ERROR

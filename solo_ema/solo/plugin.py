@@ -21,7 +21,11 @@ What the mixin changes in a solo-learn momentum method, and nothing else:
 
 solo-learn's losses, optimisers, schedulers, logging and the rest of the training loop run unchanged;
 SimCLR and SimSiam (no momentum in solo-learn) additionally get ``BaseMomentumMethod`` in their bases
-and a ``training_step`` with the EMA target (this project's losses, ``solo_ema.methods``).
+and a ``training_step`` with the EMA target (this project's losses, ``solo_ema.losses``).
+
+Only the core (``solo_ema.ema``) and ``solo_ema.losses`` of this project are imported here, never its
+Lightning engine or methods; solo-learn's ``gather`` is imported inside ``SimCLREMAMixin.training_step``,
+so the classes can be built over stand-ins where solo-learn is absent.
 """
 
 from __future__ import annotations
@@ -36,9 +40,7 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ..ema import PartialEMA, parse_ema_spec, resnet_stages, spec_paths
-from ..engine.distributed import gather
-from ..methods.simclr import nt_xent
-from ..methods.simsiam import simsiam_loss
+from ..losses import nt_xent, simsiam_loss
 
 #: solo-learn method name -> name of the method's head module (the part that 'projector' means)
 HEADS: dict[str, str] = {
@@ -192,29 +194,32 @@ class PartialEMAMixin:
 class SimCLREMAMixin(PartialEMAMixin):
     """SimCLR + EMA: the online projections of all crops against the momentum projections of the large crops.
 
-    The loss is this project's :func:`solo_ema.methods.simclr.nt_xent` with the momentum side under
-    stop-gradient (as in ``solo_ema.methods.SimCLR`` with EMA parts). With ``momentum.parts: none``
-    it is solo-learn's SimCLR unchanged.
+    The loss is this project's :func:`solo_ema.losses.nt_xent` with the momentum side under
+    stop-gradient (as in ``solo_ema.methods.SimCLR`` with EMA parts), the candidates gathered over
+    processes with solo-learn's own ``solo.utils.misc.gather``. With ``momentum.parts: none`` it is
+    solo-learn's SimCLR unchanged.
     """
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """NT-Xent of the online z of every crop against the gathered momentum z of the large crops."""
         if self.ema_spec.is_none:
             return super().training_step(batch, batch_idx)
+        from solo.utils.misc import gather  # solo-learn's own; this module is built without solo-learn
+
         outs = self._momentum_base.training_step(self, batch, batch_idx)
         indexes = batch[0]
         Z = outs["z"]
         views = [torch.full_like(indexes, v) for v in range(len(Z))]
         anchor_index, anchor_view = torch.cat([indexes] * len(Z)), torch.cat(views)
         n = self.num_large_crops * len(indexes)  # the large crops come first
-        candidates = gather(self, torch.cat(outs["momentum_z"]).detach())
+        candidates = gather(torch.cat(outs["momentum_z"]).detach())
         nce_loss = nt_xent(
             torch.cat(Z),
             anchor_index,
             anchor_view,
             candidates,
-            gather(self, anchor_index[:n]),
-            gather(self, anchor_view[:n]),
+            gather(anchor_index[:n]),
+            gather(anchor_view[:n]),
             self.temperature,
         )
         self.log("train_nce_loss", nce_loss, on_epoch=True, sync_dist=True)
@@ -224,7 +229,7 @@ class SimCLREMAMixin(PartialEMAMixin):
 class SimSiamEMAMixin(PartialEMAMixin):
     """SimSiam + EMA: each prediction regresses the momentum projection of the other view.
 
-    The loss is this project's :func:`solo_ema.methods.simsiam.simsiam_loss` with ``momentum_z`` as the
+    The loss is this project's :func:`solo_ema.losses.simsiam_loss` with ``momentum_z`` as the
     target; with ``momentum.parts: none`` that target is the online projection detached, i.e. exactly
     solo-learn's SimSiam.
     """

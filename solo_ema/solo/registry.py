@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 
+from .check import solo_import_error
 from .plugin import HEADS, PartialEMAMixin, build_ema_class, ema_name
 
 #: the methods that get a '<method>_ema' variant
@@ -13,8 +14,6 @@ _BUILT: dict[tuple[str, type, type], type] = {}
 
 
 def _solo_defaults() -> tuple[MutableMapping[str, type], type]:
-    from ..solo_learn_check import solo_import_error
-
     error = solo_import_error()
     if error is not None:
         raise error

@@ -1,9 +1,17 @@
-"""Whether solo-learn can be imported, and the one-line error that says how to install it (imports no solo)."""
+"""Whether solo-learn can be imported, and the one-line error that says how to install it.
+
+Imported by ``solo_ema.solo``'s ``__init__`` before anything else of the plug-in; ``solo`` itself is
+imported only inside :func:`solo_import_error`.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 INSTALL_HINT = "git clone https://github.com/vturrisi/solo-learn && pip install -e solo-learn"
-CLI_NAME = "solo-ema-solo-pretrain"
+#: a solo-learn checkout; ``import solo_ema.solo`` puts it on sys.path (it need not be pip-installed)
+ROOT_ENV = "SOLO_LEARN_ROOT"
 
 
 def missing_message(err: BaseException | None = None) -> str:
@@ -21,6 +29,13 @@ def missing_message(err: BaseException | None = None) -> str:
             f"install it from a checkout: {INSTALL_HINT}"
         )
     return f"solo_ema.solo needs solo-learn, which is not installed; install it from a checkout: {INSTALL_HINT}"
+
+
+def add_root_to_path(root: str | None = None) -> None:
+    """Put a solo-learn checkout (default ``$SOLO_LEARN_ROOT``) first on sys.path, once; nothing if it is no folder."""
+    root = os.environ.get(ROOT_ENV) if root is None else root
+    if root and os.path.isdir(root) and os.path.abspath(root) not in sys.path:
+        sys.path.insert(0, os.path.abspath(root))
 
 
 def solo_import_error() -> ImportError | None:
