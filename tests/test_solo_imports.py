@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import solo_learn_root, write_standin_checkout
+from import_graph import MODULES, reachable
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "solo_ema"
@@ -28,58 +29,6 @@ ALLOWED = ("solo_ema.ema", "solo_ema.losses", "solo_ema.solo")
 LOADERS = {"find_spec", "import_module", "__import__", "spec_from_file_location"}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _is_package(path: Path) -> bool:
-    return path.name == "__init__.py"
-
-
-MODULES: dict[str, Path] = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module an import statement of `path` names (function-local ones too), relative ones resolved."""
-    name = _module_name(path)
-    package = name if _is_package(path) else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            found.add(target)
-            # `from X import Y` imports the submodule X.Y when there is one
-            found.update(f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES)
-    return found
-
-
-def _with_parents(name: str) -> list[str]:
-    """`name` and the packages above it (importing a.b.c runs a/__init__ and a/b/__init__ first)."""
-    parts = name.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def reached_from(start: list[str]) -> dict[str, str]:
-    """Every solo_ema module reached from `start` over import statements: {module: the module importing it}."""
-    seen: dict[str, str] = {s: "" for s in start}
-    todo = list(start)
-    while todo:
-        current = todo.pop()
-        for target in _imports(MODULES[current]):
-            for module in _with_parents(target):
-                if module in MODULES and module not in seen:
-                    seen[module] = current
-                    todo.append(module)
-    return seen
-
-
 def _allowed(module: str) -> bool:
     return module == "solo_ema" or any(module == a or module.startswith(f"{a}.") for a in ALLOWED)
 
@@ -88,10 +37,10 @@ def test_nothing_reached_from_the_plugin_is_engine_methods_data_or_analysis() ->
     """Over all import statements, function-local included, the plug-in reaches only the core and the losses."""
     start = sorted(m for m in MODULES if m == "solo_ema.solo" or m.startswith("solo_ema.solo."))
     assert {"solo_ema.solo", "solo_ema.solo.plugin", "solo_ema.solo.pretrain", "solo_ema.solo.check"} <= set(start)
-    reached = reached_from(start)
-    assert {"solo_ema.ema", "solo_ema.losses"} <= set(reached)  # the walk does follow the plug-in's imports
-    bad = {m: by for m, by in reached.items() if not _allowed(m)}
-    assert not bad, f"reached from solo_ema/solo/ (module: imported by): {bad}"
+    reached = set().union(*(reachable(m) for m in start))
+    assert {"solo_ema.ema", "solo_ema.losses"} <= reached  # the walk does follow the plug-in's imports
+    bad = sorted(m for m in reached if not _allowed(m))
+    assert not bad, f"reached from solo_ema/solo/: {bad}"
 
 
 def _loads_solo(path: Path) -> list[str]:
