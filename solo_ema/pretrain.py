@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -13,13 +12,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .analysis.cost import cost_of
+from .analysis.cost import cost_of_model
+from .analysis.weights import check_part
 from .data.datasets import UnreadableImageError
 from .data.device import DEVICE_DATASETS
-from .ema import EMASpecError, parse_ema_spec, valid_names
+from .ema import EMASpecError, resolve_parts, valid_names
 from .engine.knn import DISTANCES
 from .engine.reliability import NonFiniteLossError
 from .errors import UsageError
+from .methods import build_model  # the method factory; re-exported here for callers of solo_ema.pretrain
 
 PROG = "solo-ema-pretrain"
 DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "imagenet100", "imagenet", "custom")
@@ -236,7 +237,20 @@ def _check(cond: bool, flag: str, message: str) -> None:
 
 
 def build_cfg(argv: Sequence[str]) -> DictConfig:
-    """Parse command-line flags into the resolved config (solo-learn's key layout plus momentum.parts)."""
+    """Parse command-line flags into the resolved config (solo-learn's key layout plus momentum.parts).
+
+    Validated by one build on the meta device (sub-module parts such as projector.fc2, --track_weights).
+    """
+    return _resolve(argv, validate=True)[0]
+
+
+def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
+    """The resolved config, and the model built once on the meta device when `validate` or --dry_run (else None).
+
+    ``--ema_parts`` is resolved here, once (``solo_ema.ema.resolve_parts``); the model's own
+    ``add_and_assert_specific_cfg`` then reads the canonical ``momentum.parts`` back. A real run builds only its
+    real model (``train.run_pretrain``), whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error.
+    """
     args = build_parser().parse_args(list(argv))
     methods = _methods()
     _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
@@ -269,9 +283,9 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
            f"must be > 0, got {args.track_weights_interval}")
     _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
     method_cls = methods[args.method]
-    spec = args.ema_parts or getattr(method_cls, "default_ema_parts", "none")
     try:
-        parse_ema_spec(spec)
+        spec = str(resolve_parts(args.ema_parts or None, args.base_tau_momentum, final,
+                                 default=getattr(method_cls, "default_ema_parts", "none")))
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
     optimizer = args.optimizer or ("lars" if args.lars else "sgd")
@@ -299,7 +313,7 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir: {exc}") from None
     method_kwargs = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
-    name = args.name or f"{args.method}-{args.dataset}-{spec.replace('+', '_')}"
+    name = args.name or f"{args.method}-{args.dataset}-{spec.replace('+', '_')}"  # canonical: head = projector
     cfg = {
         "name": name,
         "method": args.method,
@@ -344,7 +358,7 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
             "base_tau": args.base_tau_momentum,
             "final_tau": final,
             "classifier": args.momentum_classifier,
-            "parts_spec": spec,
+            "parts": spec,
         },
         "method_kwargs": method_kwargs,
         "knn_eval": {"enabled": args.knn_eval or args.knn_metric is not None, "k": args.knn_k,
@@ -389,18 +403,18 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
         cfg = method_cls.add_and_assert_specific_cfg(cfg)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--method {args.method}: {exc}") from None
+    if not (validate or args.dry_run):
+        return cfg, None
     try:
-        build_model(cfg, device="meta")  # resolves sub-module parts such as projector.fc2 against the model
+        model = build_model(cfg, device="meta")  # resolves sub-module parts such as projector.fc2 against the model
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
     if args.track_weights:
-        from .analysis.weights import check_part
-
         try:
-            check_part(cfg)
+            check_part(model, args.track_weights)
         except ValueError as exc:
             raise UsageError(f"--track_weights: {exc}") from None
-    return cfg
+    return cfg, model
 
 
 def _data_format(args: argparse.Namespace) -> str:
@@ -422,14 +436,6 @@ def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
     if data_dir is None:
         return None
     return os.path.join(data_dir, val_dir) if val_dir else data_dir
-
-
-def build_model(cfg: DictConfig, device: str | None = None):
-    """The method instance for a resolved config (on the meta device: structure only, no memory)."""
-    import torch
-
-    with torch.device(device) if device else contextlib.nullcontext():
-        return _methods()[cfg.method](cfg.copy())
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -498,10 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        cfg = build_cfg(argv)
+        cfg, model = _resolve(argv, validate=False)
         if cfg.dry_run:
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            resolved["cost"] = cost_of(cfg)
+            resolved["cost"] = cost_of_model(model)
             print(json.dumps(resolved, sort_keys=True))
             return 0
         check_data(cfg)
@@ -512,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except EMASpecError as exc:  # a sub-part the real model does not have (a dry run reports it in _resolve)
+        if debug:
+            raise
+        print(f"{PROG}: error: --ema_parts: {exc}", file=sys.stderr)
         return 2
     except UnreadableImageError as exc:
         if debug:

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.callbacks import CostLogger, analysis_callbacks
-from .analysis.cost import cost_of, format_cost
+from .analysis.cost import cost_of_model, format_cost
 from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
 from .data.loaders import EpochSampler
@@ -27,9 +27,9 @@ from .engine.reliability import (
     TrainingPosition,
 )
 from .errors import UsageError
-from .pretrain import build_model
+from .methods import build_model
 
-__all__ = ["RunResult", "build_loaders", "build_trainer", "cost_of", "format_cost", "run_pretrain"]
+__all__ = ["RunResult", "build_loaders", "build_trainer", "format_cost", "run_pretrain"]
 
 
 @dataclass
@@ -157,10 +157,8 @@ def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
 
 
 def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None) -> RunResult:
-    cost = cost_of(cfg)
-    print(format_cost(cost), flush=True)
     train_loader, val_loader = build_loaders(cfg)
-    model = build_model(cfg)
+    model = build_model(cfg)  # the run's one build (an EMASpecError here is a bad --ema_parts sub-part)
     if not cfg.performance.disable_channel_last and uses_gpu(cfg):
         model = model.to(memory_format=torch.channels_last)
     timer = StepTimer()
@@ -168,6 +166,8 @@ def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | No
         analysis = analysis_callbacks(cfg, model, run_dir)
     except TrackWeightsError as exc:
         raise UsageError(f"--track_weights: {exc}") from None
+    cost = cost_of_model(model)
+    print(format_cost(cost), flush=True)
     cost_logger = CostLogger(cost, timer)
     ckpt = resume_checkpoint(cfg)
     placement = [DevicePlacement(train_loader, val_loader)] if cfg.data.get("format") == "device" else []

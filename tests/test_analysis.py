@@ -18,11 +18,12 @@ from PIL import Image
 from torch import nn
 
 from solo_ema.analysis.callbacks import analysis_callbacks
-from solo_ema.analysis.cost import cost_of
+from solo_ema.analysis.cost import cost_of_model
 from solo_ema.analysis.grad_monitor import GradNormHooks, GradNormMonitor
 from solo_ema.analysis.keys import MONITORED_PARTS
 from solo_ema.analysis.weights import TrackWeightsError, WeightRecorder, WeightTracker
 from solo_ema.ema import get_module
+from solo_ema.methods import build_model
 from solo_ema.plot import main as plot_main
 from solo_ema.pretrain import UsageError
 from solo_ema.pretrain import main as pretrain_main
@@ -227,8 +228,8 @@ def test_weight_recorder_shared_part_and_refusals(make_model, make_cfg, tmp_path
     ],
 )
 def test_cost_accounting_counts_the_online_modules(make_cfg, make_model, spec, online_parts, forwards):
-    """cost_of (meta device) equals params and Conv2d/Linear counts of the corresponding online modules."""
-    cost = cost_of(make_cfg(spec))
+    """cost_of_model (meta device) equals params and Conv2d/Linear counts of the corresponding online modules."""
+    cost = cost_of_model(build_model(make_cfg(spec), device="meta"))
     model = make_model(spec)
     modules = [get_module(model, p) for p in online_parts]
     params = sum(p.numel() for m in modules for p in m.parameters())

@@ -179,7 +179,7 @@ def test_registry_has_six_momentum_methods() -> None:
     assert set(METHODS) == set(METHOD_NAMES)
     for cls in METHODS.values():
         assert issubclass(cls, BaseMomentumMethod)
-    defaults = {name: build_cfg(["--method", name, "--dataset", "cifar10"]).momentum.parts_spec for name in METHODS}
+    defaults = {name: build_cfg(["--method", name, "--dataset", "cifar10"]).momentum.parts for name in METHODS}
     assert defaults == {"byol": "all", "dino": "all", "mocov2plus": "all", "ressl": "all",
                         "simclr": "none", "simsiam": "none"}
 
@@ -231,7 +231,7 @@ def test_beta_zero_means_shared_parts(method: str) -> None:
     """--base_tau_momentum 0 resolves to the 'none' placement for every method."""
     cfg = build_cfg(["--method", method, "--dataset", "cifar10", "--ema_parts", "projector",
                      "--base_tau_momentum", "0"])
-    assert cfg.momentum.parts_spec == "none"
+    assert cfg.momentum.parts == "none"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -588,4 +588,4 @@ def test_short_fashion_mnist_run_logs_finite_losses(method: str, tmp_path: Path)
     taus = [float(r["tau"]) for r in rows if r.get("tau")]
     assert taus == pytest.approx(logged_taus(3), abs=1e-7)  # one EMA update per step, on the cosine schedule
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["momentum"]["parts"] == ["projector"] and config["cost"]["backbone_forwards_per_view"] == 1
+    assert config["momentum"]["parts"] == "projector" and config["cost"]["backbone_forwards_per_view"] == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torchvision
 
-from solo_ema.analysis.cost import cost_of
-from solo_ema.pretrain import build_cfg
+from solo_ema.analysis.cost import cost_of_model
+from solo_ema.pretrain import build_cfg, build_model
 
 RESNET = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
 
@@ -29,7 +29,7 @@ def backbone_params(name: str, prefix: str = "") -> int:
 def test_paper_units(method: str, backbone: str, spec: str, layers: int, extra_prefixes: list[str]) -> None:
     cfg = build_cfg(["--method", method, "--dataset", "imagenet", "--backbone", backbone, "--ema_parts", spec,
                      "--dry_run"])
-    cost = cost_of(cfg)
+    cost = cost_of_model(build_model(cfg, device="meta"))
     assert cost["ema_layers_paper"] == layers
     held = backbone_params(backbone) + sum(backbone_params(backbone, p) for p in extra_prefixes)
     assert cost["backbone_params_held"] == held

@@ -62,7 +62,7 @@ def test_paper_yaml_matches_its_bash_recipe(path: Path) -> None:
     assert y.backbone.kwargs.zero_init_residual == cfg.backbone.kwargs.zero_init_residual
     ours = {k: v for k, v in cfg.method_kwargs.items() if k not in SOLO_EMA_ONLY}
     assert dict(y.method_kwargs) == pytest.approx(ours)
-    assert y.momentum.parts == cfg.momentum.parts_spec == "projector"
+    assert y.momentum.parts == cfg.momentum.parts == "projector"
     assert (y.momentum.base_tau, y.momentum.final_tau) == (cfg.momentum.base_tau, cfg.momentum.final_tau)
     assert y.momentum.classifier == cfg.momentum.classifier
     o = cfg.optimizer

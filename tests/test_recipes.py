@@ -195,7 +195,7 @@ def test_every_pretrain_recipe_resolves(pretrain_calls) -> None:
             assert cfg.data.val_path == f"./datasets/{dataset}/val"
         else:
             assert cfg.data.train_path == cfg.data.val_path == "./datasets"
-        assert str(parse_ema_spec(cfg.momentum.parts_spec)) == cfg.momentum.parts_spec
+        assert str(parse_ema_spec(cfg.momentum.parts)) == cfg.momentum.parts
 
 
 LARS_CLIP = {"optimizer.name": "lars", "optimizer.kwargs.eta": 0.02, "optimizer.kwargs.clip_lr": True,
@@ -293,10 +293,10 @@ def test_pretrain_recipe_values(pretrain_calls, ds, method) -> None:
         for name, value in r["kw"].items():
             assert cfg.method_kwargs[name] == pytest.approx(value), name
         if r["tau"] is None:
-            assert cfg.momentum.parts == []
+            assert cfg.momentum.parts == "none"
         else:
             assert (cfg.momentum.base_tau, cfg.momentum.final_tau) == r["tau"]
-            assert cfg.momentum.parts_spec == "all"
+            assert cfg.momentum.parts == "all"
         assert cfg.momentum.classifier is r["momcls"]
         got = [(a.num_crops, a.color_jitter.brightness, a.color_jitter.contrast, a.color_jitter.saturation,
                 a.color_jitter.hue, a.gaussian_blur.prob, a.solarization.prob) for a in cfg.augmentations]
@@ -328,7 +328,7 @@ def test_extra_args_come_last_and_env_sets_folders(recorder, record, tmp_path) -
     args = ["cifar100", "--ema_parts", "projector", "--base_tau_momentum", "0.9995", "--name", "x"]
     _, calls = run_script(PRETRAIN / "cifar" / "byol.sh", args, record, recorder)
     cfg = resolve(calls[0])
-    assert (cfg.momentum.parts_spec, cfg.momentum.base_tau, cfg.name) == ("projector", 0.9995, "x")
+    assert (cfg.momentum.parts, cfg.momentum.base_tau, cfg.name) == ("projector", 0.9995, "x")
     assert (cfg.data.data_dir, cfg.logging.log_dir) == ("./datasets", "./runs")
     _, calls = run_script(PRETRAIN / "cifar" / "byol.sh", ["cifar10"], record, recorder,
                           DATA_DIR=str(tmp_path / "d"), LOG_DIR=str(tmp_path / "l"), DRY_RUN="0")
@@ -349,8 +349,8 @@ def test_cifar_recipe_rejects_another_dataset(recorder, record) -> None:
 # table scripts
 
 
-def _expected_parts(spec: str) -> list[str]:
-    return list(parse_ema_spec(spec).parts)
+def _expected_parts(spec: str) -> str:
+    return str(parse_ema_spec(spec))
 
 
 @pytest.mark.parametrize("table", PAPER_TABLES)
@@ -411,7 +411,7 @@ def test_table_script_dry_run_prints_tagged_json_with_the_real_python(tmp_path) 
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert (out["table"], out["row"], out["name"]) == ("7", "fixed-projector-lr4", "table7-fixed-projector-lr4")
-    assert out["momentum"]["parts"] == ["projector"] and out["momentum"]["base_tau"] == 1.0
+    assert out["momentum"]["parts"] == "projector" and out["momentum"]["base_tau"] == 1.0
     assert out["optimizer"]["lr"] == 4.0
     assert out["cost"]["backbone_forwards_per_view"] == 1
     assert not (tmp_path / "runs").exists()
@@ -427,7 +427,7 @@ def test_pretrain_script_dry_run_with_the_real_python(tmp_path) -> None:
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     out = json.loads(lines[0])
-    assert (out["method"], out["data"]["dataset"], out["momentum"]["parts"]) == ("simclr", "cifar10", [])
+    assert (out["method"], out["data"]["dataset"], out["momentum"]["parts"]) == ("simclr", "cifar10", "none")
     assert out["cost"]["momentum_params"] == 0
     assert not (tmp_path / "runs").exists()
 
@@ -472,13 +472,14 @@ def test_table4_cost_columns_in_the_papers_units(table_calls) -> None:
     and 2 / 1 backbone forwards: the paper's numbers within their printed rounding."""
     import torchvision
 
-    from solo_ema.analysis.cost import cost_of
+    from solo_ema.analysis.cost import cost_of_model
+    from solo_ema.pretrain import build_model
 
     resnet50 = torchvision.models.resnet50()
     backbone = sum(p.numel() for n, p in resnet50.named_parameters() if not n.startswith("fc."))
     for call, tag in table_calls["4"]:
         row = tag[-1]
-        cost = cost_of(resolve(call))
+        cost = cost_of_model(build_model(resolve(call), device="meta"))
         paper = {m: PAPER_VALUES[("4", row, m)] for m in ("ema_layers", "params_m", "backbone_forwards")}
         assert cost["ema_layers_paper"] == int(paper["ema_layers"]), row
         assert round(cost["params_m_paper"], 1) == pytest.approx(float(paper["params_m"])), row

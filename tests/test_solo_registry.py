@@ -143,25 +143,53 @@ def test_build_ema_class_checks_its_bases(standin):
     assert list(built) == ["simclr_ema"]
 
 
-@pytest.mark.parametrize(
-    ("parts", "taus", "expected"),
-    [
-        (None, (0.99, 1.0), "all"),
-        ("projector", (0.99, 1.0), "projector"),
-        ("layer4+head", (0.99, 1.0), "block4+projector"),
-        (["block4", "projector"], (0.99, 1.0), "block4+projector"),
-        ([], (0.99, 1.0), "none"),
-        ("projector", (0.0, 0.0), "none"),
-        ("projector.0", (0.9, 0.9), "projector.0"),
-    ],
-)
+PARTS_CASES = [
+    (None, (0.99, 1.0), "all"),
+    ("projector", (0.99, 1.0), "projector"),
+    ("layer4+head", (0.99, 1.0), "block4+projector"),
+    (["block4", "projector"], (0.99, 1.0), "block4+projector"),
+    ([], (0.99, 1.0), "none"),
+    ("projector", (0.0, 0.0), "none"),
+    ("projector.0", (0.9, 0.9), "projector.0"),
+]
+
+
+@pytest.mark.parametrize(("parts", "taus", "expected"), PARTS_CASES)
 def test_momentum_parts_in_the_config(standin, parts, taus, expected):
     plugin, _ = standin
     cfg = OmegaConf.create({"method": "byol_ema", "momentum": {"base_tau": taus[0], "final_tau": taus[1]}})
     if parts is not None:
         cfg.momentum.parts = parts
     cfg = plugin.BYOLEMA.add_and_assert_specific_cfg(cfg)
-    assert cfg.momentum.parts == expected and cfg.momentum.parts_spec == expected
+    assert cfg.momentum.parts == expected and "parts_spec" not in cfg.momentum
+
+
+@pytest.mark.parametrize(("parts", "taus", "expected"), PARTS_CASES)
+def test_engine_and_plugin_hold_one_canonical_parts_string(standin, monkeypatch, parts, taus, expected):
+    """The engine's and the plug-in's add_and_assert_specific_cfg store the same canonical momentum.parts (beta 0:
+    'none'); run again on their own output, as a model's __init__ does, they read it back without resolving."""
+    import solo_ema.ema.parts as ema_parts
+    from solo_ema.methods import BYOL
+
+    plugin, _ = standin
+    engine = OmegaConf.create({"method": "byol", "data": {"dataset": "cifar10", "num_classes": 10},
+                               "optimizer": {"batch_size": 8, "lr": 0.1}})
+    solo = OmegaConf.create({"method": "byol_ema"})
+    for cfg in (engine, solo):
+        OmegaConf.update(cfg, "momentum", {"base_tau": taus[0], "final_tau": taus[1]}, force_add=True)
+        if parts is not None:
+            cfg.momentum.parts = parts
+    engine = BYOL.add_and_assert_specific_cfg(engine)
+    solo = plugin.BYOLEMA.add_and_assert_specific_cfg(solo)
+    assert engine.momentum.parts == solo.momentum.parts == expected
+    assert "parts_spec" not in engine.momentum and "parts_spec" not in solo.momentum
+
+    def resolved_again(*args, **kwargs):
+        raise AssertionError("a resolved config was resolved again")
+
+    monkeypatch.setattr(ema_parts, "resolve_parts", resolved_again)
+    assert BYOL.add_and_assert_specific_cfg(engine).momentum.parts == expected
+    assert plugin.BYOLEMA.add_and_assert_specific_cfg(solo).momentum.parts == expected
 
 
 def test_simclr_and_simsiam_get_a_momentum_node(standin):

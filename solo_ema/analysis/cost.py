@@ -9,19 +9,19 @@ and projector-only 3; ``params_m_paper`` is "Params (MB)" read as millions of ba
 online backbone plus its momentum copies (2 x 23.5 = 47.0 for ResNet-50 with a momentum backbone, 23.5
 projector-only), heads not counted (``backbone_params_held`` is the same count in scalars).
 
-``cost_of(cfg)`` counts on a model built on the meta device (no memory, no init time); ``cost_of_model``
-counts on any model. ``solo_ema.analysis.callbacks.CostLogger`` writes the numbers into the run's metrics
-(``cost/<key>``) once at the start, and the measured time per epoch and median step time at the end.
+``cost_of_model(model)`` counts on a built method (the CLI's dry run builds it once on the meta device: no
+memory, no init time; a run counts on its real model). ``solo_ema.analysis.callbacks.CostLogger`` writes the
+numbers into the run's metrics (``cost/<key>``) once at the start, and the measured time per epoch and median
+step time at the end.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
 from torch import nn
 
-from ..ema import parse_ema_spec
+from ..ema import EMASpec
 from .keys import COST_PREFIX
 
 METRIC_PREFIX = COST_PREFIX
@@ -58,30 +58,22 @@ def paper_cost(model: nn.Module, backbone_name: str | None) -> dict[str, Any]:
     return {"ema_layers_paper": layers, "backbone_params_held": held, "params_m_paper": round(held / 1e6, 4)}
 
 
-def cost_of_model(model: nn.Module, spec: str, backbone_name: str | None = None) -> dict[str, Any]:
+def cost_of_model(model: nn.Module, backbone_name: str | None = None) -> dict[str, Any]:
     """Cost accounting of a built method: EMA parts, EMA layers, momentum and online params, backbone forwards,
     and the paper's counts (``paper_cost``; ``backbone_name`` defaults to the model's cfg)."""
-    parsed = parse_ema_spec(spec)
+    spec = getattr(model, "ema_spec", None) or EMASpec(())
     ema = getattr(model, "ema", None)
     if backbone_name is None:
         cfg = getattr(model, "cfg", None)
         backbone_name = cfg.backbone.name if cfg is not None else None
     return {
-        "ema_parts": str(parsed),
+        "ema_parts": str(spec),
         "ema_layers": count_layers(ema.copies) if ema is not None else 0,
         "momentum_params": ema.num_momentum_params() if ema is not None else 0,
         "online_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema.")),
-        "backbone_forwards_per_view": 1 if parsed.shares_backbone else 2,
+        "backbone_forwards_per_view": 1 if spec.shares_backbone else 2,
         **paper_cost(model, backbone_name),
     }
-
-
-def cost_of(cfg: DictConfig) -> dict[str, Any]:
-    """Cost accounting of the EMA placement, counted on a model built on the meta device (no memory)."""
-    from ..pretrain import build_model
-
-    model = build_model(cfg, device="meta")
-    return cost_of_model(model, cfg.momentum.parts_spec)
 
 
 def format_cost(cost: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .keys import saved_parts
+
 PROG = "python -m solo_ema.analysis.evidence"
 SUMMARY_COLUMNS = (
     "run", "method", "dataset", "ema_parts", "base_tau", "final_tau", "epochs", "top1", "knn1", "best_top1",
@@ -107,7 +109,7 @@ def summarize(run_dir: str | Path, commit: str, hw: str, command: str) -> tuple[
         "run": run_dir.name,
         "method": cfg.get("method"),
         "dataset": cfg.get("data", {}).get("dataset"),
-        "ema_parts": m.get("parts_spec"),
+        "ema_parts": saved_parts(m),
         "base_tau": m.get("base_tau"),
         "final_tau": m.get("final_tau"),
         "epochs": len(times),

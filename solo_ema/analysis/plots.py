@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
-from .keys import GRAD_PREFIX, MONITORED_PARTS, WEIGHTS_GLOB  # noqa: E402
+from .keys import GRAD_PREFIX, MONITORED_PARTS, WEIGHTS_GLOB, saved_parts  # noqa: E402
 
 DPI = 100
 GRAD_SIZE = (6.4, 4.0)  # inches: 640 x 400 px at 100 dpi
@@ -68,7 +68,7 @@ def _label(path: Path) -> str:
     try:
         cfg = json.loads(config.read_text())
         m = cfg.get("momentum", {})
-        parts = m.get("parts_spec") or "none"
+        parts = saved_parts(m) or "none"
         tau = m.get("base_tau")
         return f"{path.name} (EMA {parts}" + (f", tau {tau:g})" if tau is not None and parts != "none" else ")")
     except (ValueError, TypeError, AttributeError):

@@ -77,15 +77,11 @@ def resolve_param(model: nn.Module, part: str) -> tuple[str, str, nn.Parameter]:
     raise TrackWeightsError(f"cannot track '{part}': {errors[-1]}")
 
 
-def check_part(cfg: Any, max_elements: int = MAX_ELEMENTS) -> tuple[str, str, tuple[int, ...]]:
-    """Resolve ``cfg.analysis.track_weights`` on a model built on the meta device: (path, param, shape).
+def check_part(model: nn.Module, part: str, max_elements: int = MAX_ELEMENTS) -> tuple[str, str, tuple[int, ...]]:
+    """Resolve a part to track on a built model (the meta device will do): (path, param, shape).
 
     Raises TrackWeightsError (one line) when the part is missing or has more than `max_elements` elements.
     """
-    from ..pretrain import build_model
-
-    part = cfg.analysis.track_weights
-    model = build_model(cfg, device="meta")
     rec = WeightRecorder(model, part, max_elements)
     return rec.path, rec.param_name, tuple(rec.online.shape)
 

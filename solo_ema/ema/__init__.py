@@ -1,7 +1,17 @@
 """Partial EMA: the parts of an encoder, EMA specs, momentum copies and the target forward (pure torch)."""
 
 from .momentum import PartialEMA
-from .parts import BACKBONE_PARTS, PARTS, EMASpec, EMASpecError, parse_ema_spec, valid_names
+from .parts import (
+    BACKBONE_PARTS,
+    PARTS,
+    EMASpec,
+    EMASpecError,
+    config_parts,
+    parse_ema_spec,
+    resolve_parts,
+    shares_every_part,
+    valid_names,
+)
 from .schedule import check_taus, cosine_tau
 from .stages import Stage, get_module, part_paths, resnet_stages, spec_paths
 
@@ -13,11 +23,14 @@ __all__ = [
     "PartialEMA",
     "Stage",
     "check_taus",
+    "config_parts",
     "cosine_tau",
     "get_module",
     "parse_ema_spec",
     "part_paths",
     "resnet_stages",
+    "resolve_parts",
+    "shares_every_part",
     "spec_paths",
     "valid_names",
 ]

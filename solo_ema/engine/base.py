@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..ema import PartialEMA, Stage, check_taus, parse_ema_spec, resnet_stages, spec_paths
+from ..ema import EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
 from .distributed import gather_uneven
@@ -318,28 +318,28 @@ class BaseMomentumMethod(BaseMethod):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         m = self.cfg.momentum
-        self.ema_spec = parse_ema_spec(m.parts_spec)
+        self.ema_spec = EMASpec.from_canonical(m.parts)  # resolved by add_and_assert_specific_cfg
         paths = spec_paths(self.ema_spec, "backbone", "projector")
         self.ema = PartialEMA(self, self.encoder_stages(), paths, m.base_tau, m.final_tau)
         self.momentum_classifier = nn.Linear(self.features_dim, self.num_classes) if m.classifier else None
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
-        """Add the momentum keys: base_tau, final_tau, classifier and this project's parts."""
+        """Add the momentum keys: base_tau, final_tau, classifier and this project's parts.
+
+        ``momentum.parts`` (a spec string or a list of part names; default 'all') becomes its canonical string
+        (``solo_ema.ema.config_parts``): a config that already holds it, such as the CLI's, is read, not resolved
+        again. Older configs' ``momentum.parts_spec`` is dropped (``momentum.parts`` holds the same parts).
+        """
         cfg = BaseMethod.add_and_assert_specific_cfg(cfg)
         base = cfg_default(cfg, "momentum.base_tau", 0.99)
         final = cfg_default(cfg, "momentum.final_tau", 1.0)
         check_taus(base, final)
         cfg_default(cfg, "momentum.classifier", False)
-        spec = cfg_get(cfg, "momentum.parts_spec")
-        if spec is None:  # solo-learn-style configs name the parts under momentum.parts (a spec or a list)
-            given = cfg_get(cfg, "momentum.parts", "all")
-            spec = given if isinstance(given, str) else "+".join(given) or "none"
-        parsed = parse_ema_spec(spec)
-        if base == final == 0.0:
-            parsed = parse_ema_spec("none")  # beta = 0 shares the parts exactly (the paper's "no momentum")
-        cfg.momentum.parts_spec = str(parsed)
-        cfg.momentum.parts = list(parsed.parts)
+        spec = config_parts(cfg_get(cfg, "momentum.parts"), base, final, default="all")
+        cfg.momentum.parts = str(spec)
+        if "parts_spec" in cfg.momentum:
+            del cfg.momentum["parts_spec"]
         return cfg
 
     @property

@@ -1,4 +1,11 @@
-"""Self-supervised methods on the engine's contract, registered by name."""
+"""Self-supervised methods on the engine's contract, registered by name, and the factory that builds one."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from omegaconf import DictConfig
 
 from ..engine import BaseMethod
 from .byol import BYOL
@@ -17,4 +24,11 @@ METHODS: dict[str, type[BaseMethod]] = {
     "simsiam": SimSiam,
 }
 
-__all__ = ["BYOL", "DINO", "METHODS", "MoCoV2Plus", "ReSSL", "SimCLR", "SimSiam"]
+
+def build_model(cfg: DictConfig, device: str | torch.device | None = None) -> BaseMethod:
+    """The method ``cfg.method`` of METHODS built from a resolved config (on "meta": structure only, no memory)."""
+    with torch.device(device) if device else contextlib.nullcontext():
+        return METHODS[cfg.method](cfg.copy())
+
+
+__all__ = ["BYOL", "DINO", "METHODS", "MoCoV2Plus", "ReSSL", "SimCLR", "SimSiam", "build_model"]

@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ..ema import PartialEMA, parse_ema_spec, resnet_stages, spec_paths
+from ..ema import EMASpec, PartialEMA, config_parts, resnet_stages, spec_paths
 from ..losses import nt_xent, simsiam_loss
 
 #: solo-learn method name -> name of the method's head module (the part that 'projector' means)
@@ -64,13 +64,6 @@ DEFAULT_PARTS = "all"
 def ema_name(method: str) -> str:
     """The registry name of a method's partial-EMA variant: '<method>_ema'."""
     return f"{method}_ema"
-
-
-def _spec_string(value: Any) -> str:
-    """``momentum.parts`` as a spec string: 'projector', 'block4+projector', or a list of part names."""
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "+".join(str(v) for v in value) if len(value) else "none"
-    return str(value)
 
 
 def _ensure_node(cfg: DictConfig, key: str) -> None:
@@ -108,21 +101,21 @@ class PartialEMAMixin:
         """solo-learn's defaults and checks, plus ``momentum.parts`` (default 'all': solo-learn's behaviour).
 
         ``momentum.parts`` takes a spec string ('projector', 'block4+projector', 'all', 'none', ...) or a
-        list of part names; it is stored back as the canonical string, also as ``momentum.parts_spec``
-        (the key this project's own engine and analysis tools read). ``base_tau = final_tau = 0`` means
-        the target shares every part (spec 'none'), as in this project's engine.
+        list of part names; it is stored back as the canonical string, the one key this project's engine and
+        analysis tools read too (``solo_ema.ema.config_parts``: a config that already holds it is read, not
+        resolved again). ``base_tau = final_tau = 0`` means the target shares every part (spec 'none').
         """
         _ensure_node(cfg, "momentum")
         cfg = cls._solo_base.add_and_assert_specific_cfg(cfg)
         if cls._adds_momentum:
             cfg = cls._momentum_base.add_and_assert_specific_cfg(cfg)
-        raw = OmegaConf.select(cfg, "momentum.parts", default=None)
-        spec = parse_ema_spec(_spec_string(raw) if raw is not None else DEFAULT_PARTS)
-        taus = (OmegaConf.select(cfg, "momentum.base_tau"), OmegaConf.select(cfg, "momentum.final_tau"))
-        if taus == (0, 0):
-            spec = parse_ema_spec("none")
+        spec = config_parts(
+            OmegaConf.select(cfg, "momentum.parts", default=None),
+            OmegaConf.select(cfg, "momentum.base_tau"),
+            OmegaConf.select(cfg, "momentum.final_tau"),
+            default=DEFAULT_PARTS,
+        )
         OmegaConf.update(cfg, "momentum.parts", str(spec), force_add=True)
-        OmegaConf.update(cfg, "momentum.parts_spec", str(spec), force_add=True)
         return cfg
 
     # construction ------------------------------------------------------------------------------
@@ -141,7 +134,7 @@ class PartialEMAMixin:
             )
         head = getattr(self, self._head)
         _detach_weight_norm_caches(head)
-        self.ema_spec = parse_ema_spec(self.cfg.momentum.parts)
+        self.ema_spec = EMASpec.from_canonical(self.cfg.momentum.parts)  # resolved by add_and_assert_specific_cfg
         self.ema = PartialEMA(
             self,
             resnet_stages("backbone", self._head),
