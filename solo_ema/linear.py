@@ -34,22 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError, UsageParser, usage_exit
+
 PROG = "solo-ema-linear"
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5")
 
 
-class UsageError(Exception):
-    """A bad flag or input file: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags (solo-learn's main_linear names where they exist)."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = UsageParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     a = p.add_argument
     a("--pretrained_feature_extractor", required=True, metavar="CKPT", help="pretraining checkpoint (last.ckpt)")
     a("--dataset", default=None, help="default: the checkpoint's dataset")
@@ -405,8 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--knn_only: needs --knn_metric (cosine, euclidean or paper)")
         out = run_linear(args)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_exit(PROG, exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

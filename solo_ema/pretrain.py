@@ -19,7 +19,7 @@ from .data.device import DEVICE_DATASETS
 from .ema import EMASpecError, parse_ema_spec, valid_names
 from .engine.knn import DISTANCES
 from .engine.reliability import NonFiniteLossError
-from .errors import UsageError
+from .errors import UsageError, UsageParser
 
 PROG = "solo-ema-pretrain"
 DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "imagenet100", "imagenet", "custom")
@@ -91,12 +91,6 @@ AUG_FLAGS: dict[str, type] = {
 
 
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
-
-
 def _methods() -> dict[str, Any]:
     from .methods import METHODS
 
@@ -105,7 +99,7 @@ def _methods() -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flag parser (paper-era solo-learn bash-file flags plus --ema_parts and --dry_run)."""
-    p = _Parser(prog=PROG, description=__doc__, allow_abbrev=False)
+    p = UsageParser(prog=PROG, description=__doc__, allow_abbrev=False)
     a = p.add_argument
     a("--method", required=True, help="self-supervised method (see --help for the list)")
     a("--ema_parts", default=None, help=f"EMA placement; {valid_names()}")
