@@ -64,7 +64,7 @@ def final_loss(run_dir: Path, last: int = 5) -> float:
     return statistics.fmean(values[-last:])
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """Demo flags: steps, batch and the evaluation subsets (defaults sized for 2 slow CPU cores)."""
     p = UsageParser(prog=PROG, description=__doc__)
     p.add_argument("--steps", type=int, default=24, help="training steps per run (raise it to run longer)")
@@ -75,7 +75,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log_dir", default="demo_runs")
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=5)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed demo flags."""
+    return build_parser().parse_args(argv)
 
 
 def format_table(rows: dict[str, dict], untrained_knn: float) -> str:
