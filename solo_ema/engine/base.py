@@ -28,7 +28,6 @@ BASE_CONFIG_KEYS = ("backbone", "max_epochs", "accumulate_grad_batches", "optimi
                     "performance", "method_kwargs")
 
 
-
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
     """Top-k accuracies in percent, ignoring targets < 0."""
     keep = targets >= 0
