@@ -114,7 +114,7 @@ def load_backbone(path: str | Path):
 
     cfg, state_dict = load_checkpoint(path)
     backbone_cfg = cfg.get("backbone") or {}
-    name = backbone_cfg.get("name", "resnet18")
+    name = backbone_cfg.get("name", DEFAULTS["backbone.name"])
     dataset = (cfg.get("data") or {}).get("dataset")
     try:
         backbone, features_dim = build_backbone(

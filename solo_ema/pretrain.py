@@ -18,6 +18,7 @@ from .data.augment import AUG_FLAGS
 from .data.catalog import DALI_DATASETS, DATASET_NAMES, DATASETS, DEVICE_DATASETS, FOLDER_DATASETS, IMAGENET_DATASETS
 from .data.datasets import UnreadableImageError
 from .ema import EMASpecError, parse_ema_spec, valid_names
+from .engine.backbones import BACKBONES
 from .engine.defaults import BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
 from .engine.reliability import NonFiniteLossError
 from .errors import UsageError, UsageParser
@@ -204,8 +205,8 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
-    _check(args.backbone in ("resnet18", "resnet50"), "--backbone", f"unknown backbone '{args.backbone}'; valid: "
-           "resnet18, resnet50")
+    _check(args.backbone in BACKBONES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
+           f"{', '.join(BACKBONES)}")
     _check(0.0 <= args.base_tau_momentum <= 1.0, "--base_tau_momentum",
            f"must be in [0, 1], got {args.base_tau_momentum}")
     final = args.final_tau_momentum
