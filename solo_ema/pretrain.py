@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     a("--data_dir", default=None, help="dataset root (default: " + ", ".join(
         f"{n} {d.default_dir}" for n, d in DATASETS.items() if d.default_dir) + ")")
-    a("--train_dir", default=None, help=f"training folder, relative to --data_dir ({', '.join(IMAGENET_DATASETS)}: "
-      "train)")
-    a("--val_dir", default=None, help=f"validation folder, relative to --data_dir ({', '.join(IMAGENET_DATASETS)}: "
-      "val)")
+    splits = {n: d.split_dirs for n, d in DATASETS.items() if d.split_dirs}
+    a("--train_dir", default=None, help="training folder, relative to --data_dir (" + ", ".join(
+        f"{n}: {s[0]}" for n, s in splits.items()) + ")")
+    a("--val_dir", default=None, help="validation folder, relative to --data_dir (" + ", ".join(
+        f"{n}: {s[1]}" for n, s in splits.items()) + ")")
     a("--num_classes", type=int, default=None, help="custom: number of classes (read from the folder otherwise)")
     a("--download", action="store_true", help="download CIFAR where the network allows")
     a("--train_subset", type=int, default=None, help="train on a fixed random subset of this many images")
@@ -249,9 +250,10 @@ def build_cfg(argv: Sequence[str]) -> DictConfig:
     _check(not args.device_data or args.dataset in DEVICE_DATASETS, "--device_data",
            f"supports {', '.join(DEVICE_DATASETS)}, not {args.dataset}")
     _check(not (args.device_data and args.dali), "--device_data", "give either --device_data or --dali, not both")
-    if args.dataset in IMAGENET_DATASETS:
-        args.train_dir = "train" if args.train_dir is None else args.train_dir
-        args.val_dir = "val" if args.val_dir is None else args.val_dir
+    split_dirs = DATASETS[args.dataset].split_dirs
+    if split_dirs is not None:
+        args.train_dir = split_dirs[0] if args.train_dir is None else args.train_dir
+        args.val_dir = split_dirs[1] if args.val_dir is None else args.val_dir
     data_dir = args.data_dir or DATASETS[args.dataset].default_dir
     num_classes = args.num_classes or DATASETS[args.dataset].num_classes or None
     if args.dataset == "custom" and num_classes is None and not args.dry_run:
