@@ -34,7 +34,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 import torch  # noqa: E402
 
 from solo_ema.data import ViewRecipe, build_pretrain_loader  # noqa: E402
-from solo_ema.data.datasets import DEFAULT_FASHION_MNIST_ROOT  # noqa: E402
+from solo_ema.data.catalog import DATASETS, DEVICE_DATASETS  # noqa: E402
 from solo_ema.data.device import build_device_loaders  # noqa: E402
 
 # solo-learn's CIFAR BYOL recipe (bash_files/pretrain/cifar/byol.sh)
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
     p = argparse.ArgumentParser(prog="device_data.py", description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--dataset", default="fashion_mnist", choices=("fashion_mnist", "cifar10", "cifar100"))
-    a("--data_dir", default=None, help=f"default: {DEFAULT_FASHION_MNIST_ROOT} for Fashion-MNIST")
+    a("--dataset", default="fashion_mnist", choices=[n for n in DEVICE_DATASETS if DATASETS[n].default_dir])
+    a("--data_dir", default=None, help="default: the dataset's folder (" + ", ".join(
+        f"{n} {d.default_dir}" for n, d in DATASETS.items() if d.default_dir) + ")")
     a("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     a("--batch_size", type=int, default=None, help="default 64 on CPU, 256 on GPU")
     a("--workers", type=int, default=None, help="DataLoader workers of the torchvision path (default 2; 8 on GPU)")
@@ -83,7 +84,7 @@ def resolve(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.data_dir is None:
-        args.data_dir = DEFAULT_FASHION_MNIST_ROOT if args.dataset == "fashion_mnist" else "datasets"
+        args.data_dir = DATASETS[args.dataset].default_dir
     if args.threads:
         torch.set_num_threads(args.threads)
     return args

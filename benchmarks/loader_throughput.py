@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from solo_ema.data import IMAGENET_METHODS, build_pretrain_loader, imagenet_recipes
+from solo_ema.data.catalog import DALI_DATASETS
 from solo_ema.data.dali import build_dali_pretrain_loader, dali_available, resolve_dali_device
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one row per loader."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", help="image folder with one sub-folder per class (an ImageNet train/ works)")
-    p.add_argument("--dataset", default="custom", choices=("custom", "imagenet", "imagenet100"))
+    p.add_argument("--dataset", default="custom", choices=DALI_DATASETS)
     p.add_argument("--recipe", default="byol", choices=IMAGENET_METHODS, help="method augmentation recipe")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--batches", type=int, default=20, help="timed batches per loader and round")

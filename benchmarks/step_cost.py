@@ -443,10 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         update_s = statistics.median(ema_times)
         ema_share = {"calls": len(ema_times), "median_s": update_s, "percent_of_step": 100 * update_s / medians["all"]}
 
+    from solo_ema.data.catalog import DATASETS
+
     k = first.cfg.method_kwargs
     settings = {
         "method": args.method, "backbone": args.backbone, "dataset": args.dataset,
-        "stem": "CIFAR 32x32" if args.dataset != "custom" else "ImageNet 224",
+        "stem": "CIFAR 32x32" if DATASETS[args.dataset].small_images else "ImageNet 224",
         "image_size": args.image_size, "batch_size": args.batch_size, "device": args.device,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "optimizer": first.opt_name,
         "heads": ", ".join(f"{name} {k[name]}" for name in HEAD_FLAGS if name in k),

@@ -18,17 +18,21 @@ import lightning.pytorch as pl
 import torch
 
 from .data import build_eval_loader
+from .data.catalog import DATASETS
 from .engine.base import accuracy_at_k
 from .engine.knn import knn_accuracy
+from .errors import UsageError, UsageParser, usage_exit
 from .pretrain import build_cfg, build_model, check_data
 
+PROG = "solo-ema-demo"
+DATASET = "fashion_mnist"
 PLACEMENTS = ("all", "projector")
 
 
 def demo_argv(placement: str, args: argparse.Namespace) -> list[str]:
     """solo-ema-pretrain flags of one demo run: solo-learn's CIFAR BYOL recipe, shortened."""
     return [
-        "--method", "byol", "--dataset", "fashion_mnist", "--data_dir", args.data_dir,
+        "--method", "byol", "--dataset", DATASET, "--data_dir", args.data_dir,
         "--ema_parts", placement, "--name", f"byol-{placement}", "--log_dir", args.log_dir,
         "--max_steps", str(args.steps), "--max_epochs", "1000", "--batch_size", str(args.batch_size),
         "--num_workers", str(args.num_workers), "--seed", str(args.seed),
@@ -60,18 +64,23 @@ def final_loss(run_dir: Path, last: int = 5) -> float:
     return statistics.fmean(values[-last:])
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """Demo flags: steps, batch and the evaluation subsets (defaults sized for 2 slow CPU cores)."""
-    p = argparse.ArgumentParser(prog="solo-ema-demo", description=__doc__)
+    p = UsageParser(prog=PROG, description=__doc__)
     p.add_argument("--steps", type=int, default=24, help="training steps per run (raise it to run longer)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--knn_train", type=int, default=1000, help="train images in the kNN bank")
     p.add_argument("--test_images", type=int, default=500, help="test images evaluated")
-    p.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data_dir", default=DATASETS[DATASET].default_dir)
     p.add_argument("--log_dir", default="demo_runs")
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=5)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed demo flags."""
+    return build_parser().parse_args(argv)
 
 
 def format_table(rows: dict[str, dict], untrained_knn: float) -> str:
@@ -91,13 +100,16 @@ def format_table(rows: dict[str, dict], untrained_knn: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both pretrainings and print the side-by-side table."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        cfgs = {p: build_cfg(demo_argv(p, args)) for p in PLACEMENTS}
+        check_data(cfgs["all"])
+    except UsageError as exc:
+        return usage_exit(PROG, exc)
     warnings.filterwarnings("ignore")
     torch.set_float32_matmul_precision("high")
     from .train import run_pretrain
 
-    cfgs = {p: build_cfg(demo_argv(p, args)) for p in PLACEMENTS}
-    check_data(cfgs["all"])
     started = time.perf_counter()
     print(
         f"solo-ema demo: BYOL, ResNet-18 (CIFAR stem), Fashion-MNIST 32x32, batch {args.batch_size} x 2 views, "
@@ -105,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    bank_loader = build_eval_loader("fashion_mnist", args.data_dir, train=True, batch_size=256, num_workers=0,
+    bank_loader = build_eval_loader(DATASET, args.data_dir, train=True, batch_size=256, num_workers=0,
                                     subset=args.knn_train, seed=args.seed)
-    test_loader = build_eval_loader("fashion_mnist", args.data_dir, train=False, batch_size=256, num_workers=0,
+    test_loader = build_eval_loader(DATASET, args.data_dir, train=False, batch_size=256, num_workers=0,
                                     subset=args.test_images, seed=args.seed)
 
     def knn_top1(model: torch.nn.Module) -> tuple[float, torch.Tensor, torch.Tensor]:
         bank, bank_y = extract(model, bank_loader)
         test, test_y = extract(model, test_loader)
-        return knn_accuracy(bank, bank_y, test, test_y, num_classes=10)[0], test, test_y
+        return knn_accuracy(bank, bank_y, test, test_y, num_classes=DATASETS[DATASET].num_classes)[0], test, test_y
 
     pl.seed_everything(args.seed, verbose=False)
     untrained_knn, _, _ = knn_top1(build_model(cfgs["all"]))

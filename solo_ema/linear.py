@@ -34,25 +34,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .data.catalog import DATASET_NAMES, DATASETS, SMALL_IMAGE_DATASETS
+from .engine.defaults import DEFAULTS, DISTANCES
+from .errors import UsageError, UsageParser, usage_exit
+
 PROG = "solo-ema-linear"
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5")
 
 
-class UsageError(Exception):
-    """A bad flag or input file: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags (solo-learn's main_linear names where they exist)."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = UsageParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     a = p.add_argument
     a("--pretrained_feature_extractor", required=True, metavar="CKPT", help="pretraining checkpoint (last.ckpt)")
-    a("--dataset", default=None, help="default: the checkpoint's dataset")
+    a("--dataset", default=None, choices=DATASET_NAMES, help="default: the checkpoint's dataset")
     a("--data_dir", default=None, help="default: the checkpoint's data folders")
     a("--train_dir", default=None, help="training folder, relative to --data_dir")
     a("--val_dir", default=None, help="test folder, relative to --data_dir")
@@ -74,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--accelerator", default="auto", choices=("auto", "cpu", "gpu", "cuda"))
     a("--precision", default=None, choices=("32", "32-true", "16-mixed", "bf16-mixed"),
       help="backbone forward precision; default 16-mixed on GPU, 32 on CPU")
-    a("--knn_metric", default=None, choices=("cosine", "euclidean", "paper"),
+    a("--knn_metric", default=None, choices=DISTANCES,
       help="also report an offline kNN (paper: the paper's KNN-1, solo-learn 1.0.x's metric)")
-    a("--knn_k", type=int, default=20, help="neighbours of the kNN")
+    a("--knn_k", type=int, default=DEFAULTS["knn_eval.k"], help="neighbours of the kNN")
     a("--knn_only", action="store_true", help="only the kNN (needs --knn_metric); no linear layer")
     a("--seed", type=int, default=5)
     a("--name", default=None, help="run name (default: linear-<pretraining name>)")
@@ -115,11 +111,10 @@ def backbone_state(state_dict: dict[str, Any]) -> dict[str, Any]:
 def load_backbone(path: str | Path):
     """(frozen backbone in eval mode, features_dim, pretraining cfg dict) from a checkpoint."""
     from .engine.backbones import build_backbone
-    from .engine.base import SMALL_IMAGE_DATASETS
 
     cfg, state_dict = load_checkpoint(path)
     backbone_cfg = cfg.get("backbone") or {}
-    name = backbone_cfg.get("name", "resnet18")
+    name = backbone_cfg.get("name", DEFAULTS["backbone.name"])
     dataset = (cfg.get("data") or {}).get("dataset")
     try:
         backbone, features_dim = build_backbone(
@@ -152,8 +147,6 @@ def _join(root: str | None, sub: str | None) -> str | None:
 
 def resolve_data(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     """Dataset, train and test folders and crop size (the flags, else the checkpoint's), and the classes."""
-    from .data import DATASETS
-
     data = cfg.get("data") or {}
     dataset = args.dataset or data.get("dataset")
     if dataset not in DATASETS:
@@ -182,8 +175,6 @@ def train_transform(dataset: str, crop_size: int, min_scale: float = 0.08):
     """Random resized crop (bicubic) + horizontal flip, normalised with the dataset's statistics."""
     from torchvision import transforms as T
 
-    from .data import DATASETS
-
     info = DATASETS[dataset]
     return T.Compose([
         T.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
@@ -195,7 +186,7 @@ def train_transform(dataset: str, crop_size: int, min_scale: float = 0.08):
 
 def test_transform(dataset: str, crop_size: int):
     """The evaluation transform of pretraining's validation (resize + centre crop where needed)."""
-    from .data import DATASETS, eval_transform
+    from .data import eval_transform
 
     info = DATASETS[dataset]
     return eval_transform(crop_size, info.mean, info.std)
@@ -402,11 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.knn_k <= 0:
             raise UsageError(f"--knn_k: must be > 0, got {args.knn_k}")
         if args.knn_only and not args.knn_metric:
-            raise UsageError("--knn_only: needs --knn_metric (cosine, euclidean or paper)")
+            raise UsageError(f"--knn_only: needs --knn_metric ({', '.join(DISTANCES)})")
         out = run_linear(args)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_exit(PROG, exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

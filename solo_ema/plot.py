@@ -14,21 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import UsageError, UsageParser, usage_exit
+
 PROG = "solo-ema-plot"
 
-
-class UsageError(Exception):
-    """A bad flag or run folder: one line on stderr, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flag parser."""
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = UsageParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.csv: <log_dir>/<name>)")
     p.add_argument("--out", default=None, help="output folder (default: the first run folder)")
     p.add_argument("--filters", type=int, nargs="+", default=[0, 1, 2], help="filters (output rows) to draw")
@@ -79,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             written.append(plots.plot_weight_trajectories(entries, args.filters, out / f"weights_{_safe(part)}.png"))
         written.append(plots.plot_accuracy(runs, out / "accuracy.png", x=args.x))
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_exit(PROG, exc)
     written = [w for w in written if w is not None]
     for path in written:
         print(path)

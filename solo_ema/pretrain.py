@@ -14,28 +14,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from .analysis.cost import cost_of_model
 from .analysis.weights import check_part
+from .data.augment import AUG_FLAGS
+from .data.catalog import DALI_DATASETS, DATASET_NAMES, DATASETS, DEVICE_DATASETS, FOLDER_DATASETS, IMAGENET_DATASETS
 from .data.datasets import UnreadableImageError
-from .data.device import DEVICE_DATASETS
 from .ema import EMASpecError, resolve_parts, valid_names
-from .engine.knn import DISTANCES
+from .engine.backbones import BACKBONES
+from .engine.defaults import BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
 from .engine.reliability import NonFiniteLossError
-from .errors import UsageError
+from .errors import UsageError, UsageParser
 from .methods import build_model  # the method factory; re-exported here for callers of solo_ema.pretrain
 
 PROG = "solo-ema-pretrain"
-DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "imagenet100", "imagenet", "custom")
-DEFAULT_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "imagenet100": 100, "imagenet": 1000}
-# ImageNet folders: <data_dir>/train/<wnid>/*.JPEG and <data_dir>/val/<wnid>/*.JPEG unless --train_dir/--val_dir say.
-IMAGENET_DATASETS = ("imagenet100", "imagenet")
-FOLDER_DATASETS = (*IMAGENET_DATASETS, "custom")
-SMALL_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 
 
 def bn1_position(value: str) -> str:
     """One of BN1_POSITIONS, for --bn1_position."""
-    from .engine.base import BN1_POSITIONS
-
     if value not in BN1_POSITIONS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(BN1_POSITIONS)}, got '{value}'")
     return value
@@ -75,27 +68,6 @@ METHOD_FLAGS: dict[str, Callable[[str], Any]] = {
     "freeze_last_layer": int,  # DINO: epochs
     "clip_grad": float,  # DINO: per-parameter backbone gradient clipping, 0 = off
 }
-AUG_FLAGS: dict[str, type] = {
-    "brightness": float,
-    "contrast": float,
-    "saturation": float,
-    "hue": float,
-    "color_jitter_prob": float,
-    "gray_scale_prob": float,
-    "horizontal_flip_prob": float,
-    "gaussian_prob": float,
-    "solarization_prob": float,
-    "crop_size": int,
-    "min_scale": float,
-    "max_scale": float,
-}
-
-
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
 
 
 def _methods() -> dict[str, Any]:
@@ -106,66 +78,74 @@ def _methods() -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flag parser (paper-era solo-learn bash-file flags plus --ema_parts and --dry_run)."""
-    p = _Parser(prog=PROG, description=__doc__, allow_abbrev=False)
+    p = UsageParser(prog=PROG, description=__doc__, allow_abbrev=False)
     a = p.add_argument
     a("--method", required=True, help="self-supervised method (see --help for the list)")
     a("--ema_parts", default=None, help=f"EMA placement; {valid_names()}")
     a("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
-    a("--data_dir", default=None, help="dataset root (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
-    a("--train_dir", default=None, help="training folder, relative to --data_dir (imagenet, imagenet100: train)")
-    a("--val_dir", default=None, help="validation folder, relative to --data_dir (imagenet, imagenet100: val)")
+    a("--data_dir", default=None, help="dataset root (default: " + ", ".join(
+        f"{n} {d.default_dir}" for n, d in DATASETS.items() if d.default_dir) + ")")
+    splits = {n: d.split_dirs for n, d in DATASETS.items() if d.split_dirs}
+    a("--train_dir", default=None, help="training folder, relative to --data_dir (" + ", ".join(
+        f"{n}: {s[0]}" for n, s in splits.items()) + ")")
+    a("--val_dir", default=None, help="validation folder, relative to --data_dir (" + ", ".join(
+        f"{n}: {s[1]}" for n, s in splits.items()) + ")")
     a("--num_classes", type=int, default=None, help="custom: number of classes (read from the folder otherwise)")
     a("--download", action="store_true", help="download CIFAR where the network allows")
     a("--train_subset", type=int, default=None, help="train on a fixed random subset of this many images")
     a("--val_subset", type=int, default=None, help="validate on a fixed random subset of this many images")
-    a("--backbone", default="resnet18")
+    a("--backbone", default=DEFAULTS["backbone.name"])
     a("--zero_init_residual", action="store_true")
-    a("--max_epochs", type=int, default=1000)
+    a("--max_epochs", type=int, default=DEFAULTS["max_epochs"])
     a("--max_steps", type=int, default=-1)
     a("--devices", default="1", help="number of devices, or a comma list of ids as in solo-learn")
     a("--num_nodes", type=int, default=1)
     a("--accelerator", default="auto")
     a("--strategy", default="auto")
     a("--precision", default=None, help="default: 16-mixed on GPU, 32-true on CPU")
-    a("--accumulate_grad_batches", type=int, default=1)
+    a("--accumulate_grad_batches", type=int, default=DEFAULTS["accumulate_grad_batches"])
     a("--sync_batchnorm", action="store_true")
-    a("--optimizer", default=None, choices=("sgd", "lars"))
+    a("--optimizer", default=None, choices=OPTIMIZERS, help=f"default: {DEFAULTS['optimizer.name']} (lars with --lars)")
     a("--lars", action="store_true", help="same as --optimizer lars (old solo-learn flag)")
     a("--eta_lars", type=float, default=1e-3)
     a("--grad_clip_lars", action="store_true")
     a("--exclude_bias_n_norm", action="store_true")
-    a("--scheduler", default="warmup_cosine")
-    a("--warmup_epochs", type=float, default=10)
+    a("--scheduler", default=DEFAULTS["scheduler.name"])
+    a("--warmup_epochs", type=float, default=DEFAULTS["scheduler.warmup_epochs"])
     a("--warmup_steps", type=int, default=None, help="overrides --warmup_epochs")
-    a("--warmup_start_lr", type=float, default=3e-5)
-    a("--min_lr", type=float, default=0.0)
-    a("--lr", type=float, default=0.3)
-    a("--classifier_lr", type=float, default=0.3)
-    a("--weight_decay", type=float, default=1e-4)
-    a("--batch_size", type=int, default=128, help="per device")
+    a("--warmup_start_lr", type=float, default=DEFAULTS["scheduler.warmup_start_lr"])
+    a("--min_lr", type=float, default=DEFAULTS["scheduler.min_lr"])
+    a("--lr", type=float, default=DEFAULTS["optimizer.lr"])
+    a("--classifier_lr", type=float, default=DEFAULTS["optimizer.classifier_lr"])
+    a("--weight_decay", type=float, default=DEFAULTS["optimizer.weight_decay"])
+    a("--batch_size", type=int, default=DEFAULTS["optimizer.batch_size"], help="per device")
     a("--num_workers", type=int, default=4)
     a("--dali", action="store_true", help="load image folders with NVIDIA DALI (pip install -e '.[dali]')")
     a("--dali_device", default="auto", choices=("auto", "gpu", "cpu"),
       help="DALI decoding and augmentation device (auto: gpu when CUDA is available)")
     a("--device_data", action="store_true",
       help="hold the split on the training device as uint8 and augment whole batches there "
-      "(cifar10, cifar100, fashion_mnist, custom folders of one image size)")
+      f"({', '.join(DEVICE_DATASETS)}; custom: folders of one image size)")
     a("--no_lr_scaling", action="store_true", help="do not scale lr by batch_size * devices / 256")
     a("--num_crops_per_aug", type=int, nargs="+", default=[2])
-    for name, typ in AUG_FLAGS.items():
-        a(f"--{name}", type=typ, nargs="+", default=None)
+    for name, (typ, default) in AUG_FLAGS.items():
+        shown = "the dataset's image size" if name == "crop_size" else default
+        a(f"--{name}", type=typ, nargs="+", default=None, help=f"one value or one per pipeline (default {shown})")
     for name, typ in METHOD_FLAGS.items():
         if typ is str2bool:
             a(f"--{name}", type=str2bool, nargs="?", const=True, default=None)
         else:
             a(f"--{name}", type=typ, default=None)
-    a("--base_tau_momentum", type=float, default=0.99, help="beta at step 0 (0 = shared, 1 = frozen)")
-    a("--final_tau_momentum", type=float, default=None, help="beta at the end (default 1.0; 0 when base is 0)")
+    a("--base_tau_momentum", type=float, default=DEFAULTS["momentum.base_tau"],
+      help="beta at step 0 (0 = shared, 1 = frozen)")
+    a("--final_tau_momentum", type=float, default=None,
+      help=f"beta at the end (default {DEFAULTS['momentum.final_tau']}; 0 when base is 0)")
     a("--momentum_classifier", action="store_true")
     a("--knn_eval", action="store_true")
-    a("--knn_k", type=int, default=20)
+    a("--knn_k", type=int, default=DEFAULTS["knn_eval.k"])
     a("--knn_metric", default=None, choices=DISTANCES,
-      help="kNN metric (implies --knn_eval): cosine (default; first large crop, last 50k samples), euclidean "
+      help=f"kNN metric (implies --knn_eval), one of {', '.join(DISTANCES)}: cosine (default; first large crop, "
+           "last 50k samples), euclidean "
            "(normalised features), paper (solo-learn 1.0.x, the paper's KNN-1: raw features, weights "
            "1/(d+1e-5), both large crops of the epoch)")
     a("--no_channel_last", action="store_true")
@@ -194,28 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-DEFAULT_AUG = {
-    "brightness": 0.4,
-    "contrast": 0.4,
-    "saturation": 0.2,
-    "hue": 0.1,
-    "color_jitter_prob": 0.8,
-    "gray_scale_prob": 0.2,
-    "horizontal_flip_prob": 0.5,
-    "gaussian_prob": 0.0,
-    "solarization_prob": 0.0,
-    "crop_size": None,
-    "min_scale": 0.08,
-    "max_scale": 1.0,
-}
-
-
 def _augmentations(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .data.augment import recipes_from_flags
 
-    flags = {k: getattr(args, k) if getattr(args, k) is not None else [v] for k, v in DEFAULT_AUG.items()}
+    flags = {k: getattr(args, k) for k in AUG_FLAGS}
     if args.crop_size is None:
-        flags["crop_size"] = [32 if args.dataset in SMALL_DATASETS else 224]
+        flags["crop_size"] = [DATASETS[args.dataset].image_size]
     try:
         recipes = recipes_from_flags(args.num_crops_per_aug, **flags)
     except ValueError as exc:
@@ -256,8 +220,8 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
-    _check(args.backbone in ("resnet18", "resnet50"), "--backbone", f"unknown backbone '{args.backbone}'; valid: "
-           "resnet18, resnet50")
+    _check(args.backbone in BACKBONES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
+           f"{', '.join(BACKBONES)}")
     _check(0.0 <= args.base_tau_momentum <= 1.0, "--base_tau_momentum",
            f"must be in [0, 1], got {args.base_tau_momentum}")
     final = args.final_tau_momentum
@@ -288,23 +252,24 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
                                  default=getattr(method_cls, "default_ema_parts", "none")))
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
-    optimizer = args.optimizer or ("lars" if args.lars else "sgd")
+    optimizer = args.optimizer or ("lars" if args.lars else DEFAULTS["optimizer.name"])
     num_devices = _num_devices(args.devices)
     scale = 1.0 if args.no_lr_scaling else args.batch_size * num_devices * args.num_nodes / 256
     augmentations = _augmentations(args)
     crops = [aug["num_crops"] for aug in augmentations]
     sizes = [aug["crop_size"] for aug in augmentations]
     large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
-    _check(not args.dali or args.dataset in FOLDER_DATASETS, "--dali",
-           f"DALI reads image folders ({', '.join(FOLDER_DATASETS)}), not {args.dataset}")
+    _check(not args.dali or args.dataset in DALI_DATASETS, "--dali",
+           f"DALI reads image folders ({', '.join(DALI_DATASETS)}), not {args.dataset}")
     _check(not args.device_data or args.dataset in DEVICE_DATASETS, "--device_data",
            f"supports {', '.join(DEVICE_DATASETS)}, not {args.dataset}")
     _check(not (args.device_data and args.dali), "--device_data", "give either --device_data or --dali, not both")
-    if args.dataset in IMAGENET_DATASETS:
-        args.train_dir = "train" if args.train_dir is None else args.train_dir
-        args.val_dir = "val" if args.val_dir is None else args.val_dir
-    data_dir = args.data_dir or DEFAULT_DATA_DIRS.get(args.dataset)
-    num_classes = args.num_classes or NUM_CLASSES.get(args.dataset)
+    split_dirs = DATASETS[args.dataset].split_dirs
+    if split_dirs is not None:
+        args.train_dir = split_dirs[0] if args.train_dir is None else args.train_dir
+        args.val_dir = split_dirs[1] if args.val_dir is None else args.val_dir
+    data_dir = args.data_dir or DATASETS[args.dataset].default_dir
+    num_classes = args.num_classes or DATASETS[args.dataset].num_classes or None
     if args.dataset == "custom" and num_classes is None and not args.dry_run:
         from .data import num_classes_of
 
@@ -362,7 +327,7 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
         },
         "method_kwargs": method_kwargs,
         "knn_eval": {"enabled": args.knn_eval or args.knn_metric is not None, "k": args.knn_k,
-                     "distance_func": args.knn_metric or "cosine"},
+                     "distance_func": args.knn_metric or DEFAULTS["knn_eval.distance_func"]},
         "performance": {"disable_channel_last": args.no_channel_last},
         "max_epochs": args.max_epochs,
         "max_steps": args.max_steps,
@@ -492,9 +457,9 @@ def _check_imagenet(cfg: DictConfig) -> None:
                 check_imagenet100_folder(folder)
             else:
                 classes = check_image_folder(folder)
-                if len(classes) > NUM_CLASSES[dataset]:
+                if len(classes) > DATASETS[dataset].num_classes:
                     raise ValueError(f"{folder} has {len(classes)} class folders, ImageNet-1K has "
-                                     f"{NUM_CLASSES[dataset]} (use --dataset custom for other folders)")
+                                     f"{DATASETS[dataset].num_classes} (use --dataset custom for other folders)")
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir/{flag}: {exc}") from None
 

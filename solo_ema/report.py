@@ -21,7 +21,8 @@ seconds per epoch / all's, and top-1 and kNN minus all's.
 ``--tag TABLE ROW`` is the filter the table scripts use under ``DRY_RUN=1``: every JSON object line of
 standard input is printed back with ``"table"`` and ``"row"`` keys added.
 
-Only the standard library is imported here, so the filter starts fast.
+Only the standard library (and `solo_ema.errors`, which needs nothing else) is imported here, so the filter
+starts fast.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+from .errors import UsageError, UsageParser, usage_exit
 
 PROG = "solo-ema-report"
 DEFAULT_PAPER_CSV = Path(__file__).resolve().parent.parent / "zoo" / "paper_results.csv"
@@ -58,14 +61,6 @@ DRY_RUN_ONLY = "dry run"
 COLUMNS = ("row", "metric", "paper", "this run", "diff")
 CSV_COLUMNS = ("table", "row", "run", "metric", "paper", "this_run", "diff")
 
-
-class UsageError(Exception):
-    """A bad flag or input file: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -331,7 +326,7 @@ def format_measured(rows: Sequence[dict[str, str]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The report's flags."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = UsageParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--log_dir", default="runs", help="folder of the runs (<log_dir>/<run name>/metrics.csv)")
     p.add_argument("--table", action="append", default=None, metavar="T",
                    help="a table to report (3, C8, F4, table3, fig4, ...; repeatable; default: all)")
@@ -374,8 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.csv:
             write_csv(lines, args.csv)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_exit(PROG, exc)
     return 0
 
 

@@ -1,70 +1,45 @@
-"""Data: augmentation recipes, datasets (CIFAR, Fashion-MNIST, ImageNet-1K/100 and other image folders), loaders.
+"""Data: the dataset table, augmentation recipes, datasets (CIFAR, Fashion-MNIST, ImageNet-1K/100 and other image
+folders), loaders.
 
-The DALI loader lives in `solo_ema.data.dali` (imported on demand: it needs the `dali` extra only to run).
+Names are loaded from their module on first use, so ``solo_ema.data.catalog`` (the dataset table) and the
+augmentation flag table are read without loading torch. The DALI loader lives in `solo_ema.data.dali`
+(imported on demand: it needs the `dali` extra only to run).
 """
 
-from solo_ema.data.augment import (
-    FLAG_NAMES,
-    MultiViewTransform,
-    ViewRecipe,
-    blur_kernel_size,
-    build_view_transform,
-    eval_transform,
-    recipes_from_flags,
-    resolved_view_params,
-    torchvision_view_params,
-)
-from solo_ema.data.datasets import (
-    DATASETS,
-    DEFAULT_CIFAR_ROOT,
-    DEFAULT_FASHION_MNIST_ROOT,
-    FOLDER_DATASETS,
-    DatasetInfo,
-    FashionMNIST,
-    ImageNet100Folder,
-    IndexedDataset,
-    UnreadableImageError,
-    build_dataset,
-    check_image_folder,
-    check_imagenet100_folder,
-    image_loader,
-    imagenet100_classes,
-    num_classes_of,
-    read_idx,
-)
-from solo_ema.data.loaders import build_eval_loader, build_pretrain_loader, pretrain_transform, random_subset
-from solo_ema.data.recipes import IMAGENET_METHODS, imagenet_recipes
+from __future__ import annotations
 
-__all__ = [
-    "DATASETS",
-    "DEFAULT_CIFAR_ROOT",
-    "DEFAULT_FASHION_MNIST_ROOT",
-    "DatasetInfo",
-    "FLAG_NAMES",
-    "FOLDER_DATASETS",
-    "FashionMNIST",
-    "IMAGENET_METHODS",
-    "ImageNet100Folder",
-    "IndexedDataset",
-    "MultiViewTransform",
-    "UnreadableImageError",
-    "ViewRecipe",
-    "blur_kernel_size",
-    "build_dataset",
-    "build_eval_loader",
-    "build_pretrain_loader",
-    "build_view_transform",
-    "check_image_folder",
-    "check_imagenet100_folder",
-    "eval_transform",
-    "image_loader",
-    "imagenet100_classes",
-    "imagenet_recipes",
-    "num_classes_of",
-    "pretrain_transform",
-    "random_subset",
-    "read_idx",
-    "recipes_from_flags",
-    "resolved_view_params",
-    "torchvision_view_params",
-]
+from typing import Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "catalog": ("DATASETS", "DATASET_NAMES", "DEFAULT_CIFAR_ROOT", "DEFAULT_FASHION_MNIST_ROOT", "FOLDER_DATASETS",
+                "DatasetInfo"),
+    "augment": ("AUG_FLAGS", "FLAG_NAMES", "MultiViewTransform", "ViewRecipe", "blur_kernel_size",
+                "build_view_transform", "eval_transform", "recipes_from_flags", "resolved_view_params",
+                "torchvision_view_params"),
+    "datasets": ("FashionMNIST", "ImageNet100Folder", "IndexedDataset", "UnreadableImageError", "build_dataset",
+                 "check_image_folder", "check_imagenet100_folder", "image_loader", "imagenet100_classes",
+                 "num_classes_of", "read_idx"),
+    "loaders": ("build_eval_loader", "build_pretrain_loader", "pretrain_transform", "random_subset"),
+    "recipes": ("IMAGENET_METHODS", "imagenet_recipes"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """Load an exported name from its module on first access."""
+    from . import augment, catalog, datasets, loaders, recipes
+
+    modules = {"augment": augment, "catalog": catalog, "datasets": datasets, "loaders": loaders, "recipes": recipes}
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(modules[module], name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The exported names and the loaded globals."""
+    return sorted(set(globals()) | set(__all__))

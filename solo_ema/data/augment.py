@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 __all__ = [
+    "AUG_FLAGS",
     "FLAG_NAMES",
     "MultiViewTransform",
     "ViewRecipe",
@@ -29,22 +30,6 @@ _PROB_FIELDS = (
     "gaussian_prob",
     "solarization_prob",
     "horizontal_flip_prob",
-)
-
-# The per-pipeline flags of solo-learn 1.0.5's bash files that map onto ViewRecipe fields.
-FLAG_NAMES: tuple[str, ...] = (
-    "brightness",
-    "contrast",
-    "saturation",
-    "hue",
-    "color_jitter_prob",
-    "gray_scale_prob",
-    "horizontal_flip_prob",
-    "gaussian_prob",
-    "solarization_prob",
-    "crop_size",
-    "min_scale",
-    "max_scale",
 )
 
 _DICT_KEYS = {
@@ -160,6 +145,14 @@ class ViewRecipe:
             ),
             num_crops=int(d.get("num_crops", defaults.num_crops)),
         )
+
+
+# The per-pipeline flags of solo-learn 1.0.5's bash files: every ViewRecipe field but num_crops, as
+# flag -> (type, default). Each flag takes one value or one per pipeline (--num_crops_per_aug).
+AUG_FLAGS: dict[str, tuple[type, Any]] = {
+    f.name: (type(f.default), f.default) for f in fields(ViewRecipe) if f.name != "num_crops"
+}
+FLAG_NAMES: tuple[str, ...] = tuple(AUG_FLAGS)
 
 
 def _to_plain_dict(d: Any) -> dict[str, Any]:
@@ -356,7 +349,7 @@ def recipes_from_flags(num_crops_per_aug: Sequence[int], **flags: Any) -> list[V
             give = "1" if n == 1 else f"1 or {n}"
             raise ValueError(f"--{name}: got {len(values)} values for {n} pipelines (give {give})")
         for kwargs, v in zip(per_pipeline, values):
-            kwargs[name] = int(v) if name == "crop_size" else float(v)
+            kwargs[name] = AUG_FLAGS[name][0](v)
     return [ViewRecipe(**kwargs) for kwargs in per_pipeline]
 
 

@@ -47,7 +47,8 @@ import torch
 from torch.utils.data import Subset
 
 from solo_ema.data.augment import ViewRecipe, blur_kernel_size, resolved_view_params
-from solo_ema.data.datasets import DATASETS, FOLDER_DATASETS, UnreadableImageError, build_dataset
+from solo_ema.data.catalog import DALI_DATASETS, DATASETS
+from solo_ema.data.datasets import UnreadableImageError, build_dataset
 from solo_ema.data.loaders import random_subset
 
 __all__ = [
@@ -417,9 +418,9 @@ def build_dali_pretrain_loader(
     seed: int = 0,
 ) -> DaliPretrainLoader:
     """The DALI counterpart of `build_pretrain_loader` for image-folder datasets (same files, labels, recipes)."""
-    if dataset not in FOLDER_DATASETS:
+    if dataset not in DALI_DATASETS:
         raise ValueError(
-            f"DALI reads image folders ({', '.join(sorted(FOLDER_DATASETS))}); dataset '{dataset}' is not one"
+            f"DALI reads image folders ({', '.join(sorted(DALI_DATASETS))}); dataset '{dataset}' is not one"
         )
     if not recipes:
         raise ValueError("pretraining needs at least one ViewRecipe")

@@ -15,7 +15,6 @@ import gzip
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -27,6 +26,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from solo_ema.data.catalog import (
+    DATASETS,
+    DEFAULT_CIFAR_ROOT,
+    DEFAULT_FASHION_MNIST_ROOT,
+    FOLDER_DATASETS,
+    DatasetInfo,
+)
 
 __all__ = [
     "DATASETS",
@@ -46,36 +53,6 @@ __all__ = [
     "num_classes_of",
     "read_idx",
 ]
-
-DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-DEFAULT_CIFAR_ROOT = "datasets"
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; num_classes 0 means 'count the class folders'."""
-
-    name: str
-    num_classes: int
-    image_size: int
-    mean: tuple
-    std: tuple
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 32, (0.2860,) * 3, (0.3530,) * 3),
-    "imagenet100": DatasetInfo("imagenet100", 100, 224, _IMAGENET_MEAN, _IMAGENET_STD),
-    "imagenet": DatasetInfo("imagenet", 1000, 224, _IMAGENET_MEAN, _IMAGENET_STD),
-    "custom": DatasetInfo("custom", 0, 224, _IMAGENET_MEAN, _IMAGENET_STD),
-}
-
-# Datasets read with torchvision's ImageFolder from a root holding one sub-folder per class.
-FOLDER_DATASETS = frozenset({"imagenet100", "imagenet", "custom"})
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -367,8 +344,9 @@ def build_dataset(
     """Build a dataset by name; items are (transformed image, int label)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; valid names: {', '.join(sorted(DATASETS))}")
-    if name in ("cifar10", "cifar100"):
-        root = Path(root if root is not None else DEFAULT_CIFAR_ROOT)
+    layout = DATASETS[name].layout
+    if layout == "torchvision":
+        root = Path(root if root is not None else DATASETS[name].default_dir)
         cls = CIFAR10 if name == "cifar10" else CIFAR100
         if not download and not root.is_dir():
             raise FileNotFoundError(f"{name} folder not found: {root} (pass download=True to fetch it)")
@@ -376,7 +354,7 @@ def build_dataset(
             return cls(str(root), train=train, transform=transform, download=download)
         except RuntimeError as e:
             raise FileNotFoundError(f"{name} not found under {root} ({e})") from e
-    if name == "fashion_mnist":
+    if layout == "idx":
         return FashionMNIST(root, train=train, transform=transform)
     if root is None:
         raise ValueError(f"dataset '{name}' needs a root folder with one sub-folder per class")

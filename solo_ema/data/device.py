@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from solo_ema.data.augment import ViewRecipe, blur_kernel_size, eval_transform
-from solo_ema.data.datasets import DATASETS, build_dataset
+from solo_ema.data.catalog import DATASETS, DEVICE_DATASETS
+from solo_ema.data.datasets import build_dataset
 from solo_ema.data.loaders import random_subset
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "seed_for",
 ]
 
-DEVICE_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "custom")
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's RandomResizedCrop default, as the torchvision path uses
 SIGMA = (0.1, 2.0)  # the torchvision path's GaussianBlur sigma range
 SOLARIZE_THRESHOLD = 128 / 255
@@ -81,10 +81,10 @@ def load_split(
     base = build_dataset(dataset, path, train, None, download=download)
     picked = random_subset(base, subset, seed)
     keep = list(picked.indices) if isinstance(picked, Subset) else None
-    if dataset in ("cifar10", "cifar100"):
+    if info.layout == "torchvision":
         images = torch.from_numpy(np.ascontiguousarray(base.data)).permute(0, 3, 1, 2)
         labels = torch.as_tensor(base.targets, dtype=torch.long)
-    elif dataset == "fashion_mnist":
+    elif info.layout == "idx":
         images = torch.from_numpy(np.pad(base.images, ((0, 0), (2, 2), (2, 2))))[:, None]
         labels = torch.as_tensor(base.targets, dtype=torch.long)
     else:

@@ -13,20 +13,19 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..data.catalog import SMALL_IMAGE_DATASETS
 from ..ema import EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
+from .defaults import DEFAULTS, fill_defaults
 from .distributed import gather_uneven
-from .knn import DISTANCES, KNNBank, knn_accuracy
+from .knn import KNNBank, knn_accuracy
 from .lars import LARS
 from .schedule import SCHEDULERS, build_scheduler
 
-SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
-OPTIMIZERS = ("sgd", "lars")
-# Where BN1 (Table C.8's BatchNorm "on the output of block 4") sits: on the pooled feature in the projector
-# path only ("projector", the default), or on the backbone output that everything downstream sees
-# ("backbone": classifier, kNN, projector and the target pass).
-BN1_POSITIONS = ("projector", "backbone")
+# the top-level config keys whose defaults BaseMethod fills from the table (momentum.*: BaseMomentumMethod)
+BASE_CONFIG_KEYS = ("backbone", "max_epochs", "accumulate_grad_batches", "optimizer", "scheduler", "knn_eval",
+                    "performance", "method_kwargs")
 
 
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
@@ -83,41 +82,18 @@ class BaseMethod(pl.LightningModule):
         """Fill the defaults of the base keys and check the required ones."""
         OmegaConf.set_struct(cfg, False)
         cfg_require(cfg, "method")
-        if cfg_default(cfg, "backbone.name", "resnet18") not in BACKBONES:
-            raise ValueError(f"backbone.name must be one of {', '.join(BACKBONES)}")
-        cfg_default(cfg, "backbone.kwargs", {})
         cfg_require(cfg, "data.dataset")
-        cfg_default(cfg, "data.num_classes", 10)
-        cfg_default(cfg, "data.num_large_crops", 2)
-        cfg_default(cfg, "data.num_small_crops", 0)
-        cfg_default(cfg, "max_epochs", 1)
-        cfg_default(cfg, "accumulate_grad_batches", 1)
-        if cfg_default(cfg, "optimizer.name", "lars") not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
-        cfg_require(cfg, "optimizer.batch_size")
-        cfg_require(cfg, "optimizer.lr")
-        cfg_default(cfg, "optimizer.classifier_lr", 0.1)
-        cfg_default(cfg, "optimizer.weight_decay", 1e-5)
-        cfg_default(cfg, "optimizer.kwargs", {})
-        if cfg_default(cfg, "scheduler.name", "warmup_cosine") not in SCHEDULERS:
+        for key, value in (("backbone.kwargs", {}), ("data.num_classes", 10), ("data.num_large_crops", 2),
+                           ("data.num_small_crops", 0), ("optimizer.kwargs", {}), ("method_kwargs", {})):
+            cfg_default(cfg, key, value)
+        fill_defaults(cfg, BASE_CONFIG_KEYS)
+        if cfg.backbone.name not in BACKBONES:
+            raise ValueError(f"backbone.name must be one of {', '.join(BACKBONES)}")
+        if cfg.scheduler.name not in SCHEDULERS:
             raise ValueError(f"scheduler.name must be one of {', '.join(SCHEDULERS)}")
-        cfg_default(cfg, "scheduler.warmup_epochs", 10)
-        cfg_default(cfg, "scheduler.warmup_start_lr", 3e-5)
-        cfg_default(cfg, "scheduler.min_lr", 0.0)
-        cfg_default(cfg, "knn_eval.enabled", False)
-        cfg_default(cfg, "knn_eval.k", 20)
-        cfg_default(cfg, "knn_eval.temperature", 0.07)
-        if cfg_default(cfg, "knn_eval.distance_func", "cosine") not in DISTANCES:
-            raise ValueError(f"knn_eval.distance_func must be one of {', '.join(DISTANCES)}")
         # solo-learn 1.0.x kept the whole epoch's bank; solo-ema's own kNN keeps the last 50k samples
         if cfg_get(cfg, "knn_eval.max_train") is None:
             cfg.knn_eval.max_train = None if cfg.knn_eval.distance_func == "paper" else 50000
-        cfg_default(cfg, "performance.disable_channel_last", False)
-        cfg_default(cfg, "method_kwargs", {})
-        cfg_default(cfg, "method_kwargs.bn_backbone_out", False)
-        cfg_default(cfg, "method_kwargs.bn_projector_out", False)
-        if cfg_default(cfg, "method_kwargs.bn1_position", "projector") not in BN1_POSITIONS:
-            raise ValueError(f"method_kwargs.bn1_position must be one of {', '.join(BN1_POSITIONS)}")
         return cfg
 
     def build_heads(self) -> None:
@@ -332,10 +308,10 @@ class BaseMomentumMethod(BaseMethod):
         again. Older configs' ``momentum.parts_spec`` is dropped (``momentum.parts`` holds the same parts).
         """
         cfg = BaseMethod.add_and_assert_specific_cfg(cfg)
-        base = cfg_default(cfg, "momentum.base_tau", 0.99)
-        final = cfg_default(cfg, "momentum.final_tau", 1.0)
+        base = cfg_default(cfg, "momentum.base_tau", DEFAULTS["momentum.base_tau"])
+        final = cfg_default(cfg, "momentum.final_tau", DEFAULTS["momentum.final_tau"])
         check_taus(base, final)
-        cfg_default(cfg, "momentum.classifier", False)
+        cfg_default(cfg, "momentum.classifier", DEFAULTS["momentum.classifier"])
         spec = config_parts(cfg_get(cfg, "momentum.parts"), base, final, default="all")
         cfg.momentum.parts = str(spec)
         if "parts_spec" in cfg.momentum:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .defaults import DISTANCES
+
 __all__ = ["DISTANCES", "PAPER_EPS", "KNNBank", "knn_accuracy", "weighted_knn_predict"]
 
-DISTANCES = ("cosine", "euclidean", "paper")
 PAPER_EPS = 1e-5  # solo-learn 1.0.x: each neighbour votes with 1 / (d + 1e-5)
 _REFINE_ELEMENTS = 1 << 25  # float64 elements of one block of the "paper" distance (256 MiB)
 
