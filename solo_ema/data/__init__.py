@@ -29,12 +29,12 @@ __all__ = sorted(_MODULE_OF)
 
 def __getattr__(name: str) -> Any:
     """Load an exported name from its module on first access."""
+    module = _MODULE_OF.get(name)
+    if module is None:  # also what `from . import <submodule>` below asks first
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from . import augment, catalog, datasets, loaders, recipes
 
     modules = {"augment": augment, "catalog": catalog, "datasets": datasets, "loaders": loaders, "recipes": recipes}
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(modules[module], name)
     globals()[name] = value
     return value
