@@ -22,7 +22,7 @@ from .engine.backbones import BACKBONES
 from .engine.defaults import BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
 from .engine.reliability import NonFiniteLossError
 from .errors import UsageError, UsageParser
-from .methods import build_model  # the method factory; re-exported here for callers of solo_ema.pretrain
+from .methods import METHODS, build_model  # the method factory; re-exported here for callers of solo_ema.pretrain
 
 PROG = "solo-ema-pretrain"
 
@@ -68,12 +68,6 @@ METHOD_FLAGS: dict[str, Callable[[str], Any]] = {
     "freeze_last_layer": int,  # DINO: epochs
     "clip_grad": float,  # DINO: per-parameter backbone gradient clipping, 0 = off
 }
-
-
-def _methods() -> dict[str, Any]:
-    from .methods import METHODS
-
-    return METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +210,7 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     real model (``train.run_pretrain``), whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error.
     """
     args = build_parser().parse_args(list(argv))
-    methods = _methods()
+    methods = METHODS
     _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
