@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from solo_ema.analysis.evidence import collect, epoch_curves
+from solo_ema.analysis.evidence import main as evidence_main
 from solo_ema.analysis.plots import load_run
 from solo_ema.ema import parse_ema_spec
 from solo_ema.report import main as report_main
@@ -67,6 +68,15 @@ def test_collect_writes_summary_curves_and_png(runs, tmp_path):
     assert len(curves) == 9 and [float(c["top1"]) for c in curves[:3]] == [50.0, 70.0, 80.0]
     assert epoch_curves(runs[0] / "metrics.csv")[0]["epoch_seconds"] == 30.0
     assert (tmp_path / "zoo" / "fm.png").stat().st_size > 1000
+
+
+def test_commit_flag_names_the_code_of_a_source_export(runs, tmp_path):
+    """--commit is stored in every row (a source export has no git to ask); without it the checkout's is."""
+    out = tmp_path / "fm.csv"
+    assert evidence_main([*map(str, runs), "--out", str(out), "--no_png", "--commit", "0123abcd4567"]) == 0
+    assert [r["commit"] for r in csv.DictReader(out.open())] == ["0123abcd4567"] * 3
+    collect(runs[:1], out, png=False)
+    assert next(csv.DictReader(out.open()))["commit"] not in ("", "0123abcd4567")
 
 
 def test_report_measured_shows_ratios_against_all(runs, tmp_path, capsys):

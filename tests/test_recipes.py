@@ -487,3 +487,21 @@ def test_table4_cost_columns_in_the_papers_units(table_calls) -> None:
         copies = 2 if row == "dino-all" else 1
         assert cost["backbone_params_held"] == copies * backbone
         assert cost["ema_layers"] != cost["ema_layers_paper"]  # solo-ema's own count stays beside it
+
+
+def test_evidence_script_passes_commit_and_records_warmup(recorder, record, tmp_path) -> None:
+    """COMMIT reaches the collector as --commit (a source export has no git); the stored command names the
+    warm-up epochs; without COMMIT no --commit is passed. The recipe calls are recorded, nothing trains."""
+    script = BASH / "evidence" / "fashion_mnist_byol.sh"
+    env = {"DRY_RUN": "0", "EPOCHS": "3", "WARMUP_EPOCHS": "0.5", "LOG_DIR": str(tmp_path), "OUT": str(tmp_path)}
+    proc, calls = run_script(script, ["--num_workers", "2"], record, recorder, COMMIT="0123abcd4567", **env)
+    assert proc.returncode == 0, proc.stderr
+    pretrain = [c for c in calls if c[:2] == ["-m", "solo_ema.pretrain"]]
+    collect = [c for c in calls if c[:2] == ["-m", "solo_ema.analysis.evidence"]]
+    assert [flag(c, "--ema_parts") for c in pretrain] == ["all", "projector", "none"]
+    assert all(flag(c, "--warmup_epochs") == "0.5" and flag(c, "--max_epochs") == "3" for c in pretrain)
+    assert len(collect) == 1 and flag(collect[0], "--commit") == "0123abcd4567"
+    assert flag(collect[0], "--command").startswith("EPOCHS=3 WARMUP_EPOCHS=0.5 SEED=5 ")
+    proc, calls = run_script(script, [], record, recorder, **env)
+    assert proc.returncode == 0, proc.stderr
+    assert [flag(c, "--commit") for c in calls if c[:2] == ["-m", "solo_ema.analysis.evidence"]] == [None]

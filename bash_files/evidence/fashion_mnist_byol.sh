@@ -16,7 +16,8 @@
 # Env: EPOCHS (default 100), SEED (5), PLACEMENTS ("all projector none"), METHODS ("byol"; add "mocov2plus dino"
 #   when the budget allows, each with its CIFAR recipe), WARMUP_EPOCHS (10, the recipe's), DEVICE_DATA (1),
 #   DATA_DIR (/usr/share/datasets/fashion-mnist), LOG_DIR (./runs/evidence), OUT (./zoo/evidence),
-#   PYTHON (python), DRY_RUN=1 (print the resolved configs only).
+#   PYTHON (python), DRY_RUN=1 (print the resolved configs only), COMMIT (the commit stored in the rows; default:
+#   the checkout's, give it when running from a source export without git).
 set -euo pipefail
 
 # The kNN of every epoch: the paper-era metric (k = 20, euclidean on raw features, 1/(d + 1e-5) weights, both
@@ -54,7 +55,9 @@ for method in $METHODS; do
     done
     if [[ "${DRY_RUN:-0}" == 1 ]]; then continue; fi
     out="$OUT/fashion_mnist_$method.csv"
-    "${PYTHON:-python}" -m solo_ema.analysis.evidence "${names[@]}" --out "$out" \
-        --command "EPOCHS=$EPOCHS SEED=$SEED KNN_FLAGS='$KNN_FLAGS' bash bash_files/evidence/fashion_mnist_byol.sh $*"
+    commit_flag=()
+    if [[ -n "${COMMIT:-}" ]]; then commit_flag=(--commit "$COMMIT"); fi
+    "${PYTHON:-python}" -m solo_ema.analysis.evidence "${names[@]}" --out "$out" "${commit_flag[@]}" \
+        --command "EPOCHS=$EPOCHS WARMUP_EPOCHS=$WARMUP_EPOCHS SEED=$SEED KNN_FLAGS='$KNN_FLAGS' bash bash_files/evidence/fashion_mnist_byol.sh $*"
     "${PYTHON:-python}" -m solo_ema.report --measured "$out"
 done

@@ -129,10 +129,14 @@ def summarize(run_dir: str | Path, commit: str, hw: str, command: str) -> tuple[
     return row, [{"run": run_dir.name, **c} for c in curves]
 
 
-def collect(runs: Sequence[str | Path], out: str | Path, command: str = "", png: bool = True) -> list[Path]:
-    """Write the summary CSV, the curves CSV and (with `png`) the accuracy PNG of `runs`; return their paths."""
+def collect(runs: Sequence[str | Path], out: str | Path, command: str = "", png: bool = True,
+            commit: str | None = None) -> list[Path]:
+    """Write the summary CSV, the curves CSV and (with `png`) the accuracy PNG of `runs`; return their paths.
+
+    `commit` names the code that ran; default: the checkout's (`git_commit`), e.g. given for a source export.
+    """
     out = Path(out)
-    commit, hw = git_commit(Path(__file__).resolve().parents[2]), hardware()
+    commit, hw = commit or git_commit(Path(__file__).resolve().parents[2]), hardware()
     rows, curves = [], []
     for run in runs:
         row, curve = summarize(run, commit, hw, command)
@@ -161,9 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="summary CSV path (the curves CSV and PNG go beside it)")
     p.add_argument("--command", default="", help="the command that produced the runs (stored in every row)")
     p.add_argument("--no_png", action="store_true", help="skip the accuracy plot")
+    p.add_argument("--commit", default=None,
+                   help="the commit of the code that ran (default: this checkout's; 'unknown' outside git)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        written = collect(args.runs, args.out, args.command, png=not args.no_png)
+        written = collect(args.runs, args.out, args.command, png=not args.no_png, commit=args.commit)
     except (FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
