@@ -3,6 +3,7 @@
 from .momentum import PartialEMA
 from .parts import (
     BACKBONE_PARTS,
+    DEFAULT_PARTS,
     PARTS,
     EMASpec,
     EMASpecError,
@@ -17,6 +18,7 @@ from .stages import Stage, get_module, part_paths, resnet_stages, spec_paths
 
 __all__ = [
     "BACKBONE_PARTS",
+    "DEFAULT_PARTS",
     "PARTS",
     "EMASpec",
     "EMASpecError",

@@ -26,6 +26,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: ``momentum.parts`` when a config names none: the whole encoder, the classic teacher (solo-learn's behaviour)
+DEFAULT_PARTS = "all"
+
+
 class EMASpecError(ValueError):
     """An EMA spec names a part that does not exist."""
 
@@ -112,7 +116,7 @@ def shares_every_part(base_tau: float | None, final_tau: float | None) -> bool:
     return base_tau == final_tau == 0
 
 
-def resolve_parts(value: Any, base_tau: float | None, final_tau: float | None, default: str = "all") -> EMASpec:
+def resolve_parts(value: Any, base_tau: float | None, final_tau: float | None, default: str = DEFAULT_PARTS) -> EMASpec:
     """The one resolver of ``momentum.parts``: a user's value and the taus -> the canonical EMASpec.
 
     ``value`` is a flag or YAML string ('head', 'block4+projector', ...), a list/tuple of part names (empty:
@@ -129,7 +133,7 @@ def resolve_parts(value: Any, base_tau: float | None, final_tau: float | None, d
     return EMASpec(()) if shares_every_part(base_tau, final_tau) else spec
 
 
-def config_parts(value: Any, base_tau: float | None, final_tau: float | None, default: str = "all") -> EMASpec:
+def config_parts(value: Any, base_tau: float | None, final_tau: float | None, default: str = DEFAULT_PARTS) -> EMASpec:
     """``momentum.parts`` of a config as an EMASpec: read back when it already holds the resolver's output.
 
     solo-learn's contract re-runs ``add_and_assert_specific_cfg`` in a model's ``__init__`` on a config that the

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data.catalog import SMALL_IMAGE_DATASETS
-from ..ema import EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
+from ..ema import DEFAULT_PARTS, EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
 from .defaults import DEFAULTS, fill_defaults
@@ -289,7 +289,7 @@ class BaseMomentumMethod(BaseMethod):
     ``PartialEMA.target``). Validation runs the target pass from the images.
     """
 
-    default_ema_parts = "all"
+    default_ema_parts = DEFAULT_PARTS
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -312,7 +312,7 @@ class BaseMomentumMethod(BaseMethod):
         final = cfg_default(cfg, "momentum.final_tau", DEFAULTS["momentum.final_tau"])
         check_taus(base, final)
         cfg_default(cfg, "momentum.classifier", DEFAULTS["momentum.classifier"])
-        spec = config_parts(cfg_get(cfg, "momentum.parts"), base, final, default="all")
+        spec = config_parts(cfg_get(cfg, "momentum.parts"), base, final)
         cfg.momentum.parts = str(spec)
         if "parts_spec" in cfg.momentum:
             del cfg.momentum["parts_spec"]

@@ -57,8 +57,6 @@ NORMALIZED_TARGETS = frozenset({"mocov2plus", "ressl"})
 ADDS_MOMENTUM = frozenset({"simclr", "simsiam"})
 #: solo-learn's momentum modules that PartialEMA's copies replace (deleted after construction)
 SOLO_MOMENTUM_MODULES = ("momentum_backbone", "momentum_projector", "momentum_head")
-#: the default of ``momentum.parts``: the whole encoder, i.e. solo-learn's own behaviour
-DEFAULT_PARTS = "all"
 
 
 def ema_name(method: str) -> str:
@@ -113,7 +111,6 @@ class PartialEMAMixin:
             OmegaConf.select(cfg, "momentum.parts", default=None),
             OmegaConf.select(cfg, "momentum.base_tau"),
             OmegaConf.select(cfg, "momentum.final_tau"),
-            default=DEFAULT_PARTS,
         )
         OmegaConf.update(cfg, "momentum.parts", str(spec), force_add=True)
         return cfg
