@@ -210,8 +210,7 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     real model (``train.run_pretrain``), whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error.
     """
     args = build_parser().parse_args(list(argv))
-    methods = METHODS
-    _check(args.method in methods, "--method", f"unknown method '{args.method}'; valid: {', '.join(methods)}")
+    _check(args.method in METHODS, "--method", f"unknown method '{args.method}'; valid: {', '.join(METHODS)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
     _check(args.backbone in BACKBONES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
@@ -240,7 +239,7 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     _check(args.track_weights_interval > 0, "--track_weights_interval",
            f"must be > 0, got {args.track_weights_interval}")
     _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
-    method_cls = methods[args.method]
+    method_cls = METHODS[args.method]
     try:
         spec = str(resolve_parts(args.ema_parts or None, args.base_tau_momentum, final,
                                  default=getattr(method_cls, "default_ema_parts", "none")))
