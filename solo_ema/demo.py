@@ -13,16 +13,14 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning.pytorch as pl
-import torch
-
-from .data import build_eval_loader
 from .data.catalog import DATASETS
-from .engine.base import accuracy_at_k
-from .engine.knn import knn_accuracy
 from .errors import UsageError, UsageParser, usage_exit
-from .pretrain import build_cfg, build_model, check_data
+from .pretrain import build_cfg, check_data
+
+if TYPE_CHECKING:
+    import torch
 
 PROG = "solo-ema-demo"
 DATASET = "fashion_mnist"
@@ -46,14 +44,16 @@ def demo_argv(placement: str, args: argparse.Namespace) -> list[str]:
     ]
 
 
-@torch.no_grad()
 def extract(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone features (eval mode) and labels of every image of a loader."""
+    import torch
+
     model.eval()
     feats, labels = [], []
-    for x, y in loader:
-        feats.append(model.backbone(x))
-        labels.append(y)
+    with torch.no_grad():
+        for x, y in loader:
+            feats.append(model.backbone(x))
+            labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -106,9 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         check_data(cfgs["all"])
     except UsageError as exc:
         return usage_exit(PROG, exc)
+    import lightning.pytorch as pl
+    import torch
+
+    from .data import build_eval_loader
+    from .engine.base import accuracy_at_k
+    from .engine.knn import knn_accuracy
+    from .methods import build_model
+    from .train import run_pretrain
+
     warnings.filterwarnings("ignore")
     torch.set_float32_matmul_precision("high")
-    from .train import run_pretrain
 
     started = time.perf_counter()
     print(

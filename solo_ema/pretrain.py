@@ -8,23 +8,31 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from .analysis.cost import cost_of_model
-from .analysis.weights import check_part
-from .data.augment import AUG_FLAGS
 from .data.catalog import DALI_DATASETS, DATASET_NAMES, DATASETS, DEVICE_DATASETS, FOLDER_DATASETS, IMAGENET_DATASETS
-from .data.datasets import UnreadableImageError
-from .ema import EMASpecError, resolve_parts, valid_names
-from .engine.backbones import BACKBONES
-from .engine.defaults import BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
-from .engine.reliability import NonFiniteLossError
+from .data.views import AUG_FLAGS
+from .ema.parts import EMASpecError, resolve_parts, valid_names
+from .engine.defaults import BACKBONE_NAMES, BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
 from .errors import UsageError, UsageParser
-from .methods import METHODS, build_model  # the method factory; re-exported here for callers of solo_ema.pretrain
+from .methods.catalog import METHOD_INFO, METHOD_NAMES
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 PROG = "solo-ema-pretrain"
+# The imports above are standard library only (the dataset, view, EMA-part, defaults and method tables), so
+# --help and a bad flag value load neither torch nor Lightning. The method classes (Lightning modules) are
+# loaded once the flags have passed: to complete the config, to build a dry run's model, to train.
+
+
+def __getattr__(name: str) -> Any:
+    """METHODS and build_model (solo_ema.methods), re-exported for callers of solo_ema.pretrain, loaded on use."""
+    if name in ("METHODS", "build_model"):
+        from . import methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bn1_position(value: str) -> str:
@@ -210,11 +218,11 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     real model (``train.run_pretrain``), whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error.
     """
     args = build_parser().parse_args(list(argv))
-    _check(args.method in METHODS, "--method", f"unknown method '{args.method}'; valid: {', '.join(METHODS)}")
+    _check(args.method in METHOD_INFO, "--method", f"unknown method '{args.method}'; valid: {', '.join(METHOD_NAMES)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
-    _check(args.backbone in BACKBONES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
-           f"{', '.join(BACKBONES)}")
+    _check(args.backbone in BACKBONE_NAMES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
+           f"{', '.join(BACKBONE_NAMES)}")
     _check(0.0 <= args.base_tau_momentum <= 1.0, "--base_tau_momentum",
            f"must be in [0, 1], got {args.base_tau_momentum}")
     final = args.final_tau_momentum
@@ -239,10 +247,10 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     _check(args.track_weights_interval > 0, "--track_weights_interval",
            f"must be > 0, got {args.track_weights_interval}")
     _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
-    method_cls = METHODS[args.method]
+    info = METHOD_INFO[args.method]
     try:
         spec = str(resolve_parts(args.ema_parts or None, args.base_tau_momentum, final,
-                                 default=getattr(method_cls, "default_ema_parts", "none")))
+                                 default=info.default_ema_parts))
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
     optimizer = args.optimizer or ("lars" if args.lars else DEFAULTS["optimizer.name"])
@@ -351,14 +359,18 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
         "debug": args.debug,
         "dry_run": args.dry_run,
     }
-    low, high = method_cls.large_crops
+    low, high = info.large_crops
     _check(low <= large and (high is None or large <= high), "--num_crops_per_aug",
            f"{args.method} needs {low if high == low else f'at least {low}'} large crops, got {large}")
-    _check(method_cls.small_crops or sum(crops) == large, "--num_crops_per_aug",
+    _check(info.small_crops or sum(crops) == large, "--num_crops_per_aug",
            f"{args.method} takes no small crops, got {sum(crops) - large}")
+    from omegaconf import OmegaConf
+
+    from .methods import METHODS, build_model
+
     cfg = OmegaConf.create(cfg)
     try:
-        cfg = method_cls.add_and_assert_specific_cfg(cfg)
+        cfg = METHODS[args.method].add_and_assert_specific_cfg(cfg)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--method {args.method}: {exc}") from None
     if not (validate or args.dry_run):
@@ -368,6 +380,8 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
     if args.track_weights:
+        from .analysis.weights import check_part
+
         try:
             check_part(model, args.track_weights)
         except ValueError as exc:
@@ -399,7 +413,7 @@ def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
 def check_data(cfg: DictConfig) -> None:
     """Fail early, with the path, when the training data cannot be read."""
     from .data import check_image_folder
-    from .data.datasets import verify_image_headers
+    from .data.datasets import UnreadableImageError, verify_image_headers
 
     dataset, path = cfg.data.dataset, cfg.data.train_path
     if dataset == "custom":
@@ -460,46 +474,61 @@ def _check_imagenet(cfg: DictConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of solo-ema-pretrain."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    cfg = None
     try:
         cfg, model = _resolve(argv, validate=False)
         if cfg.dry_run:
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            resolved["cost"] = cost_of_model(model)
-            print(json.dumps(resolved, sort_keys=True))
+            print(_dry_run_json(cfg, model))
             return 0
         check_data(cfg)
         from .train import run_pretrain
 
         run_pretrain(cfg)
-    except UsageError as exc:
-        if debug:
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except EMASpecError as exc:  # a sub-part the real model does not have (a dry run reports it in _resolve)
-        if debug:
-            raise
-        print(f"{PROG}: error: --ema_parts: {exc}", file=sys.stderr)
-        return 2
-    except UnreadableImageError as exc:
-        if debug:
-            raise
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]  # a worker's error carries its traceback
-        message = lines[-1].split("UnreadableImageError: ", 1)[-1] if lines else str(exc)
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        if debug:
-            raise
-        ckpt = Path(cfg.checkpoint.dir) / "last.ckpt"
-        kept = f"; last good checkpoint: {ckpt}" if cfg.checkpoint.enabled and ckpt.exists() else ""
-        print(f"{PROG}: error: {exc}{kept}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        failure = None if "--debug" in argv else _failure(exc, cfg)
+        if failure is None:
+            raise
+        message, code = failure
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def _dry_run_json(cfg: DictConfig, model: Any) -> str:
+    """The resolved config and the cost accounting of its (meta-device) model, as one JSON line."""
+    from omegaconf import OmegaConf
+
+    from .analysis.cost import cost_of_model
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["cost"] = cost_of_model(model)
+    return json.dumps(resolved, sort_keys=True)
+
+
+def _failure(exc: Exception, cfg: DictConfig | None) -> tuple[str, int] | None:
+    """The one-line message and exit code of a failure reported without a traceback; None for any other error.
+
+    A new kind of reported failure is one more ``isinstance`` case here. The classes of a run's failures are
+    imported here, not at the top: a run has loaded their modules before it raises one, and --help stays light.
+    """
+    if isinstance(exc, UsageError):
+        return str(exc), 2
+    if isinstance(exc, EMASpecError):  # a sub-part the real model does not have (a dry run reports it in _resolve)
+        return f"--ema_parts: {exc}", 2
+    from .data.datasets import UnreadableImageError
+    from .engine.reliability import NonFiniteLossError
+
+    if isinstance(exc, UnreadableImageError):
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]  # a worker's error carries its traceback
+        return (lines[-1].split("UnreadableImageError: ", 1)[-1] if lines else str(exc)), 2
+    if isinstance(exc, NonFiniteLossError) and cfg is not None:
+        ckpt = Path(cfg.checkpoint.dir) / "last.ckpt"
+        kept = f"; last good checkpoint: {ckpt}" if cfg.checkpoint.enabled and ckpt.exists() else ""
+        return f"{exc}{kept}", 1
+    return None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Data: the dataset table, augmentation recipes, datasets (CIFAR, Fashion-MNIST, ImageNet-1K/100 and other image
 folders), loaders.
 
-Names are loaded from their module on first use, so ``solo_ema.data.catalog`` (the dataset table) and the
-augmentation flag table are read without loading torch. The DALI loader lives in `solo_ema.data.dali`
-(imported on demand: it needs the `dali` extra only to run).
+Names are loaded from their module on first use, so ``solo_ema.data.catalog`` (the dataset table) and
+``solo_ema.data.views`` (view recipes, the augmentation flag table) are read without loading torch. The DALI
+loader lives in `solo_ema.data.dali` (imported on demand: it needs the `dali` extra only to run).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "catalog": ("DATASETS", "DATASET_NAMES", "DEFAULT_CIFAR_ROOT", "DEFAULT_FASHION_MNIST_ROOT", "FOLDER_DATASETS",
                 "DatasetInfo"),
-    "augment": ("AUG_FLAGS", "FLAG_NAMES", "MultiViewTransform", "ViewRecipe", "blur_kernel_size",
-                "build_view_transform", "eval_transform", "recipes_from_flags", "resolved_view_params",
-                "torchvision_view_params"),
+    "views": ("AUG_FLAGS", "FLAG_NAMES", "ViewRecipe", "recipes_from_flags"),
+    "augment": ("MultiViewTransform", "blur_kernel_size", "build_view_transform", "eval_transform",
+                "resolved_view_params", "torchvision_view_params"),
     "datasets": ("FashionMNIST", "ImageNet100Folder", "IndexedDataset", "UnreadableImageError", "build_dataset",
                  "check_image_folder", "check_imagenet100_folder", "image_loader", "imagenet100_classes",
                  "num_classes_of", "read_idx"),
@@ -32,9 +32,10 @@ def __getattr__(name: str) -> Any:
     module = _MODULE_OF.get(name)
     if module is None:  # also what `from . import <submodule>` below asks first
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import augment, catalog, datasets, loaders, recipes
+    from . import augment, catalog, datasets, loaders, recipes, views
 
-    modules = {"augment": augment, "catalog": catalog, "datasets": datasets, "loaders": loaders, "recipes": recipes}
+    modules = {"augment": augment, "catalog": catalog, "datasets": datasets, "loaders": loaders, "recipes": recipes,
+               "views": views}
     value = getattr(modules[module], name)
     globals()[name] = value
     return value

@@ -46,10 +46,11 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from solo_ema.data.augment import ViewRecipe, blur_kernel_size, resolved_view_params
+from solo_ema.data.augment import blur_kernel_size, resolved_view_params
 from solo_ema.data.catalog import DALI_DATASETS, DATASETS
 from solo_ema.data.datasets import UnreadableImageError, build_dataset
 from solo_ema.data.loaders import random_subset
+from solo_ema.data.views import ViewRecipe
 
 __all__ = [
     "DALI_DEVICES",

@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from solo_ema.data.augment import ViewRecipe, blur_kernel_size, eval_transform
+from solo_ema.data.augment import blur_kernel_size, eval_transform
 from solo_ema.data.catalog import DATASETS, DEVICE_DATASETS
 from solo_ema.data.datasets import build_dataset
 from solo_ema.data.loaders import random_subset
+from solo_ema.data.views import ViewRecipe
 
 __all__ = [
     "DEVICE_DATASETS",

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from solo_ema.data.augment import MultiViewTransform, ViewRecipe, build_view_transform, eval_transform
+from solo_ema.data.augment import MultiViewTransform, build_view_transform, eval_transform
 from solo_ema.data.datasets import DATASETS, DatasetInfo, IndexedDataset, build_dataset
+from solo_ema.data.views import ViewRecipe
 
 __all__ = ["EpochSampler", "build_eval_loader", "build_pretrain_loader", "pretrain_transform", "random_subset"]
 

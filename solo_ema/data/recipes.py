@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from solo_ema.data.augment import ViewRecipe
+from solo_ema.data.views import ViewRecipe
 
 __all__ = ["IMAGENET_METHODS", "imagenet_recipes"]
 

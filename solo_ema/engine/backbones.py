@@ -5,7 +5,9 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-BACKBONES = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
+from .defaults import BACKBONE_NAMES
+
+BACKBONES = {name: getattr(torchvision.models, name) for name in BACKBONE_NAMES}
 
 
 def build_backbone(name: str, small_stem: bool = False, **kwargs) -> tuple[nn.Module, int]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data.catalog import SMALL_IMAGE_DATASETS
-from ..ema import DEFAULT_PARTS, EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
+from ..ema import EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
 from .defaults import DEFAULTS, fill_defaults
@@ -47,9 +47,6 @@ def classifier_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str,
 
 class BaseMethod(pl.LightningModule):
     """Backbone + online linear classifier on detached features; subclasses add heads and an SSL loss."""
-
-    large_crops: tuple[int, int | None] = (2, None)  # (min, max) number of large crops the loss accepts
-    small_crops: bool = True  # whether the loss accepts small (multi-crop) views
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
@@ -288,8 +285,6 @@ class BaseMomentumMethod(BaseMethod):
     first EMA part, captured during the online pass of the same crop (``PartialEMA.capture`` /
     ``PartialEMA.target``). Validation runs the target pass from the images.
     """
-
-    default_ema_parts = DEFAULT_PARTS
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)

@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["BN1_POSITIONS", "CHOICES", "DEFAULTS", "DISTANCES", "OPTIMIZERS", "REQUIRED", "fill_defaults"]
+__all__ = ["BACKBONE_NAMES", "BN1_POSITIONS", "CHOICES", "DEFAULTS", "DISTANCES", "OPTIMIZERS", "REQUIRED",
+           "fill_defaults"]
 
+# torchvision ResNets (solo_ema.engine.backbones builds them)
+BACKBONE_NAMES = ("resnet18", "resnet50")
 OPTIMIZERS = ("sgd", "lars")
 # kNN metrics: cosine and euclidean on normalised features (solo-ema's own); paper: solo-learn 1.0.x's (the
 # paper's KNN-1: raw features, weights 1/(d + 1e-5)). See solo_ema.engine.knn.

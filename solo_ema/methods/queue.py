@@ -17,9 +17,6 @@ class QueueMethod(BaseMomentumMethod):
     Subclasses give the queue's shape (features on dim 1) and their own enqueue and loss.
     """
 
-    large_crops = (2, 2)
-    small_crops = False
-
     def queue_shape(self) -> tuple[int, ...]:
         """Shape of the queue buffer; dim 1 holds the features."""
         raise NotImplementedError

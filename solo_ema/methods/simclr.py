@@ -36,8 +36,6 @@ class SimCLR(BaseMomentumMethod):
     symmetric over the crops.
     """
 
-    default_ema_parts = "none"
-
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
         """Defaults: projector 2048 / 128 (solo-learn 1.0.5), temperature 0.2 (the bash files' value)."""

@@ -25,11 +25,6 @@ class SimSiam(BaseMomentumMethod):
     the momentum encoder's projection, which makes it BYOL-like with SimSiam's heads.
     """
 
-    large_crops = (2, 2)
-    small_crops = False
-
-    default_ema_parts = "none"
-
     @staticmethod
     def add_and_assert_specific_cfg(cfg: DictConfig) -> DictConfig:
         """Defaults: projector 2048 / 2048, predictor hidden 512 (the solo-learn bash values)."""
