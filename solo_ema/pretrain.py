@@ -1,4 +1,11 @@
-"""solo-ema-pretrain: self-supervised pretraining with any EMA placement, from solo-learn-style flags."""
+"""solo-ema-pretrain: self-supervised pretraining with any EMA placement, from solo-learn-style flags.
+
+Flags become a config in two parts. ``_flags_config`` parses, checks and assembles, one step per function,
+reading only the standard-library tables (datasets, views, EMA parts, defaults, methods): --help and a bad flag
+value load neither torch nor Lightning. ``_method_config`` lets the method complete and check its part; it loads
+the method classes. A new flag: its line in ``build_parser``, its check in ``_check_values`` (when it has a
+range), its config key in ``_config``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data.catalog import DALI_DATASETS, DATASET_NAMES, DATASETS, DEVICE_DATASETS, FOLDER_DATASETS, IMAGENET_DATASETS
-from .data.views import AUG_FLAGS
+from .data.views import AUG_FLAGS, recipes_from_flags
 from .ema.parts import EMASpecError, resolve_parts, valid_names
 from .engine.defaults import BACKBONE_NAMES, BN1_POSITIONS, DEFAULTS, DISTANCES, OPTIMIZERS
 from .errors import UsageError, UsageParser
@@ -21,9 +28,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 PROG = "solo-ema-pretrain"
-# The imports above are standard library only (the dataset, view, EMA-part, defaults and method tables), so
-# --help and a bad flag value load neither torch nor Lightning. The method classes (Lightning modules) are
-# loaded once the flags have passed: to complete the config, to build a dry run's model, to train.
 
 
 def __getattr__(name: str) -> Any:
@@ -176,25 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _augmentations(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from .data.augment import recipes_from_flags
+def build_cfg(argv: Sequence[str]) -> DictConfig:
+    """Parse command-line flags into the resolved config (solo-learn's key layout plus momentum.parts).
 
-    flags = {k: getattr(args, k) for k in AUG_FLAGS}
-    if args.crop_size is None:
-        flags["crop_size"] = [DATASETS[args.dataset].image_size]
-    try:
-        recipes = recipes_from_flags(args.num_crops_per_aug, **flags)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return [r.to_dict() for r in recipes]
+    Validated by one build on the meta device (sub-module parts such as projector.fc2, --track_weights).
+    """
+    args, cfg = _flags_config(argv)
+    return _method_config(args, cfg, validate=True)[0]
 
 
-def _num_devices(devices: str) -> int:
-    items = [d for d in str(devices).split(",") if d.strip()]
-    if len(items) > 1:
-        return len(items)
-    value = int(items[0])
-    return max(value, 1)
+# ----------------------------------------------------------------------------------------------------------
+# From flags to a config: no method loaded, so every usage error below comes without torch or Lightning.
+
+
+def _flags_config(argv: Sequence[str]) -> tuple[argparse.Namespace, DictConfig]:
+    """The parsed flags and the config they give, every flag checked, before the method completes it.
+
+    ``--ema_parts`` is resolved here, once (``solo_ema.ema.resolve_parts``); the method's
+    ``add_and_assert_specific_cfg`` then reads the canonical ``momentum.parts`` back.
+    """
+    args = build_parser().parse_args(list(argv))
+    _check_names(args)
+    final_tau = _final_tau(args)
+    _check_values(args)
+    parts = _ema_parts(args, final_tau)
+    augmentations = _augmentations(args)
+    data = _data(args, augmentations)
+    _check_crops(args, data)
+    from omegaconf import OmegaConf
+
+    return args, OmegaConf.create(_config(args, final_tau, parts, augmentations, data))
 
 
 def _check(cond: bool, flag: str, message: str) -> None:
@@ -202,27 +217,17 @@ def _check(cond: bool, flag: str, message: str) -> None:
         raise UsageError(f"{flag}: {message}")
 
 
-def build_cfg(argv: Sequence[str]) -> DictConfig:
-    """Parse command-line flags into the resolved config (solo-learn's key layout plus momentum.parts).
-
-    Validated by one build on the meta device (sub-module parts such as projector.fc2, --track_weights).
-    """
-    return _resolve(argv, validate=True)[0]
-
-
-def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
-    """The resolved config, and the model built once on the meta device when `validate` or --dry_run (else None).
-
-    ``--ema_parts`` is resolved here, once (``solo_ema.ema.resolve_parts``); the model's own
-    ``add_and_assert_specific_cfg`` then reads the canonical ``momentum.parts`` back. A real run builds only its
-    real model (``train.run_pretrain``), whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error.
-    """
-    args = build_parser().parse_args(list(argv))
+def _check_names(args: argparse.Namespace) -> None:
+    """--method, --dataset and --backbone name rows of their tables."""
     _check(args.method in METHOD_INFO, "--method", f"unknown method '{args.method}'; valid: {', '.join(METHOD_NAMES)}")
     _check(args.dataset in DATASET_NAMES, "--dataset", f"unknown dataset '{args.dataset}'; valid: "
            f"{', '.join(DATASET_NAMES)}")
     _check(args.backbone in BACKBONE_NAMES, "--backbone", f"unknown backbone '{args.backbone}'; valid: "
            f"{', '.join(BACKBONE_NAMES)}")
+
+
+def _final_tau(args: argparse.Namespace) -> float:
+    """beta at the end (--final_tau_momentum, default 0 when the base is 0, else 1), both betas checked."""
     _check(0.0 <= args.base_tau_momentum <= 1.0, "--base_tau_momentum",
            f"must be in [0, 1], got {args.base_tau_momentum}")
     final = args.final_tau_momentum
@@ -231,6 +236,11 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     _check(0.0 <= final <= 1.0, "--final_tau_momentum", f"must be in [0, 1], got {final}")
     _check(args.base_tau_momentum <= final, "--base_tau_momentum",
            f"base tau {args.base_tau_momentum} must not exceed --final_tau_momentum {final}")
+    return final
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """Ranges of single flags, flags that need another, files that must exist."""
     for flag in ("lr", "classifier_lr", "weight_decay", "min_lr", "warmup_start_lr", "eta_lars"):
         _check(getattr(args, flag) >= 0, f"--{flag}", f"must be >= 0, got {getattr(args, flag)}")
     _check(args.batch_size > 0, "--batch_size", f"must be > 0, got {args.batch_size}")
@@ -247,72 +257,138 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
     _check(args.track_weights_interval > 0, "--track_weights_interval",
            f"must be > 0, got {args.track_weights_interval}")
     _check(all(n > 0 for n in args.num_crops_per_aug), "--num_crops_per_aug", "every count must be > 0")
-    info = METHOD_INFO[args.method]
+
+
+def _ema_parts(args: argparse.Namespace, final_tau: float) -> str:
+    """The canonical momentum.parts of --ema_parts (the method's default when not given)."""
     try:
-        spec = str(resolve_parts(args.ema_parts or None, args.base_tau_momentum, final,
-                                 default=info.default_ema_parts))
+        return str(resolve_parts(args.ema_parts or None, args.base_tau_momentum, final_tau,
+                                 default=METHOD_INFO[args.method].default_ema_parts))
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
-    optimizer = args.optimizer or ("lars" if args.lars else DEFAULTS["optimizer.name"])
-    num_devices = _num_devices(args.devices)
-    scale = 1.0 if args.no_lr_scaling else args.batch_size * num_devices * args.num_nodes / 256
-    augmentations = _augmentations(args)
-    crops = [aug["num_crops"] for aug in augmentations]
-    sizes = [aug["crop_size"] for aug in augmentations]
-    large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
+
+
+def _augmentations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One augmentation node per pipeline (--num_crops_per_aug and the per-pipeline flags)."""
+    flags = {k: getattr(args, k) for k in AUG_FLAGS}
+    if args.crop_size is None:
+        flags["crop_size"] = [DATASETS[args.dataset].image_size]
+    try:
+        recipes = recipes_from_flags(args.num_crops_per_aug, **flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return [r.to_dict() for r in recipes]
+
+
+def _data(args: argparse.Namespace, augmentations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data section: folders (the dataset's defaults), classes, crops, how the data is read."""
     _check(not args.dali or args.dataset in DALI_DATASETS, "--dali",
            f"DALI reads image folders ({', '.join(DALI_DATASETS)}), not {args.dataset}")
     _check(not args.device_data or args.dataset in DEVICE_DATASETS, "--device_data",
            f"supports {', '.join(DEVICE_DATASETS)}, not {args.dataset}")
     _check(not (args.device_data and args.dali), "--device_data", "give either --device_data or --dali, not both")
-    split_dirs = DATASETS[args.dataset].split_dirs
-    if split_dirs is not None:
-        args.train_dir = split_dirs[0] if args.train_dir is None else args.train_dir
-        args.val_dir = split_dirs[1] if args.val_dir is None else args.val_dir
-    data_dir = args.data_dir or DATASETS[args.dataset].default_dir
-    num_classes = args.num_classes or DATASETS[args.dataset].num_classes or None
+    info = DATASETS[args.dataset]
+    train_dir, val_dir = args.train_dir, args.val_dir
+    if info.split_dirs is not None:
+        train_dir = info.split_dirs[0] if train_dir is None else train_dir
+        val_dir = info.split_dirs[1] if val_dir is None else val_dir
+    data_dir = args.data_dir or info.default_dir
+    num_classes = args.num_classes or info.num_classes or None
     if args.dataset == "custom" and num_classes is None and not args.dry_run:
         from .data import num_classes_of
 
         try:
-            num_classes = num_classes_of("custom", _train_path(data_dir, args.train_dir))
+            num_classes = num_classes_of("custom", _train_path(data_dir, train_dir))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir: {exc}") from None
-    method_kwargs = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
-    name = args.name or f"{args.method}-{args.dataset}-{spec.replace('+', '_')}"  # canonical: head = projector
-    cfg = {
+    crops = [aug["num_crops"] for aug in augmentations]
+    sizes = [aug["crop_size"] for aug in augmentations]
+    large = sum(c for c, s in zip(crops, sizes) if s == max(sizes))
+    return {
+        "dataset": args.dataset,
+        "data_dir": data_dir,
+        "train_path": _train_path(data_dir, train_dir),
+        "val_path": _val_path(data_dir, val_dir),
+        "num_classes": num_classes or 0,
+        "num_large_crops": large,
+        "num_small_crops": sum(crops) - large,
+        "num_workers": args.num_workers,
+        "format": _data_format(args),
+        "dali_device": args.dali_device,
+        "download": args.download,
+        "train_subset": args.train_subset,
+        "val_subset": args.val_subset,
+    }
+
+
+def _data_format(args: argparse.Namespace) -> str:
+    """How the training data is read: device (--device_data), dali, image_folder or torchvision."""
+    if args.device_data:
+        return "device"
+    if args.dali:
+        return "dali"
+    return "image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"
+
+
+def _train_path(data_dir: str | None, train_dir: str | None) -> str | None:
+    if data_dir is None:
+        return None
+    return os.path.join(data_dir, train_dir) if train_dir else data_dir
+
+
+def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
+    if data_dir is None:
+        return None
+    return os.path.join(data_dir, val_dir) if val_dir else data_dir
+
+
+def _check_crops(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """The method's loss takes this many large crops, and small crops only where it accepts them."""
+    low, high = METHOD_INFO[args.method].large_crops
+    large, small = data["num_large_crops"], data["num_small_crops"]
+    _check(low <= large and (high is None or large <= high), "--num_crops_per_aug",
+           f"{args.method} needs {low if high == low else f'at least {low}'} large crops, got {large}")
+    _check(METHOD_INFO[args.method].small_crops or small == 0, "--num_crops_per_aug",
+           f"{args.method} takes no small crops, got {small}")
+
+
+def _num_devices(devices: str) -> int:
+    items = [d for d in str(devices).split(",") if d.strip()]
+    if len(items) > 1:
+        return len(items)
+    value = int(items[0])
+    return max(value, 1)
+
+
+def _optimizer(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimizer section: --optimizer (or --lars), learning rates scaled by the global batch / 256."""
+    name = args.optimizer or ("lars" if args.lars else DEFAULTS["optimizer.name"])
+    scale = 1.0 if args.no_lr_scaling else args.batch_size * _num_devices(args.devices) * args.num_nodes / 256
+    kwargs: dict[str, Any] = {"momentum": 0.9}
+    if name == "lars":
+        kwargs.update(eta=args.eta_lars, clip_lr=args.grad_clip_lars, exclude_bias_n_norm=args.exclude_bias_n_norm)
+    return {
+        "name": name,
+        "batch_size": args.batch_size,
+        "lr": args.lr * scale,
+        "classifier_lr": args.classifier_lr * scale,
+        "weight_decay": args.weight_decay,
+        "kwargs": kwargs,
+    }
+
+
+def _config(args: argparse.Namespace, final_tau: float, parts: str, augmentations: list[dict[str, Any]],
+            data: dict[str, Any]) -> dict[str, Any]:
+    """The config in solo-learn's key layout, from the checked flags and the steps' results."""
+    name = args.name or f"{args.method}-{args.dataset}-{parts.replace('+', '_')}"  # canonical: head = projector
+    return {
         "name": name,
         "method": args.method,
         "seed": args.seed,
         "backbone": {"name": args.backbone, "kwargs": {"zero_init_residual": args.zero_init_residual}},
-        "data": {
-            "dataset": args.dataset,
-            "data_dir": data_dir,
-            "train_path": _train_path(data_dir, args.train_dir),
-            "val_path": _val_path(data_dir, args.val_dir),
-            "num_classes": num_classes or 0,
-            "num_large_crops": large,
-            "num_small_crops": sum(crops) - large,
-            "num_workers": args.num_workers,
-            "format": _data_format(args),
-            "dali_device": args.dali_device,
-            "download": args.download,
-            "train_subset": args.train_subset,
-            "val_subset": args.val_subset,
-        },
+        "data": data,
         "augmentations": augmentations,
-        "optimizer": {
-            "name": optimizer,
-            "batch_size": args.batch_size,
-            "lr": args.lr * scale,
-            "classifier_lr": args.classifier_lr * scale,
-            "weight_decay": args.weight_decay,
-            "kwargs": (
-                {"momentum": 0.9, "eta": args.eta_lars, "clip_lr": args.grad_clip_lars,
-                 "exclude_bias_n_norm": args.exclude_bias_n_norm}
-                if optimizer == "lars" else {"momentum": 0.9}
-            ),
-        },
+        "optimizer": _optimizer(args),
         "scheduler": {
             "name": args.scheduler,
             "warmup_epochs": args.warmup_epochs,
@@ -320,19 +396,16 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
             "warmup_start_lr": args.warmup_start_lr,
             "min_lr": args.min_lr,
         },
-        "momentum": {
-            "base_tau": args.base_tau_momentum,
-            "final_tau": final,
-            "classifier": args.momentum_classifier,
-            "parts": spec,
-        },
-        "method_kwargs": method_kwargs,
+        "momentum": {"base_tau": args.base_tau_momentum, "final_tau": final_tau,
+                     "classifier": args.momentum_classifier, "parts": parts},
+        # given method flags only: the method fills the rest with its defaults
+        "method_kwargs": {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None},
         "knn_eval": {"enabled": args.knn_eval or args.knn_metric is not None, "k": args.knn_k,
                      "distance_func": args.knn_metric or DEFAULTS["knn_eval.distance_func"]},
         "performance": {"disable_channel_last": args.no_channel_last},
         "max_epochs": args.max_epochs,
         "max_steps": args.max_steps,
-        "devices": num_devices,
+        "devices": _num_devices(args.devices),
         "num_nodes": args.num_nodes,
         "accelerator": args.accelerator,
         "strategy": args.strategy,
@@ -359,64 +432,51 @@ def _resolve(argv: Sequence[str], validate: bool) -> tuple[DictConfig, Any]:
         "debug": args.debug,
         "dry_run": args.dry_run,
     }
-    low, high = info.large_crops
-    _check(low <= large and (high is None or large <= high), "--num_crops_per_aug",
-           f"{args.method} needs {low if high == low else f'at least {low}'} large crops, got {large}")
-    _check(info.small_crops or sum(crops) == large, "--num_crops_per_aug",
-           f"{args.method} takes no small crops, got {sum(crops) - large}")
-    from omegaconf import OmegaConf
 
-    from .methods import METHODS, build_model
 
-    cfg = OmegaConf.create(cfg)
+# ----------------------------------------------------------------------------------------------------------
+# The method's part: it loads the method classes (torch, Lightning).
+
+
+def _method_config(args: argparse.Namespace, cfg: DictConfig, validate: bool) -> tuple[DictConfig, Any]:
+    """The config completed by the method (its defaults, its own checks), and its model built once on the meta
+    device when `validate` or --dry_run (else None: a real run builds only its real model, in
+    ``train.run_pretrain``, whose EMASpecError ``main`` reports as an ``--ema_parts`` usage error)."""
+    from .methods import METHODS
+
     try:
         cfg = METHODS[args.method].add_and_assert_specific_cfg(cfg)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--method {args.method}: {exc}") from None
     if not (validate or args.dry_run):
         return cfg, None
+    return cfg, _meta_model(cfg, args.track_weights)
+
+
+def _meta_model(cfg: DictConfig, track_weights: str | None) -> Any:
+    """The model on the meta device: sub-module parts such as projector.fc2 and --track_weights checked on it."""
+    from .methods import build_model
+
     try:
-        model = build_model(cfg, device="meta")  # resolves sub-module parts such as projector.fc2 against the model
+        model = build_model(cfg, device="meta")
     except EMASpecError as exc:
         raise UsageError(f"--ema_parts: {exc}") from None
-    if args.track_weights:
+    if track_weights:
         from .analysis.weights import check_part
 
         try:
-            check_part(model, args.track_weights)
+            check_part(model, track_weights)
         except ValueError as exc:
             raise UsageError(f"--track_weights: {exc}") from None
-    return cfg, model
-
-
-def _data_format(args: argparse.Namespace) -> str:
-    """How the training data is read: device (--device_data), dali, image_folder or torchvision."""
-    if args.device_data:
-        return "device"
-    if args.dali:
-        return "dali"
-    return "image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"
-
-
-def _train_path(data_dir: str | None, train_dir: str | None) -> str | None:
-    if data_dir is None:
-        return None
-    return os.path.join(data_dir, train_dir) if train_dir else data_dir
-
-
-def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
-    if data_dir is None:
-        return None
-    return os.path.join(data_dir, val_dir) if val_dir else data_dir
+    return model
 
 
 def check_data(cfg: DictConfig) -> None:
     """Fail early, with the path, when the training data cannot be read."""
-    from .data import check_image_folder
-    from .data.datasets import UnreadableImageError, verify_image_headers
-
     dataset, path = cfg.data.dataset, cfg.data.train_path
     if dataset == "custom":
+        from .data.datasets import UnreadableImageError, check_image_folder, verify_image_headers
+
         if path is None:
             raise UsageError("--data_dir: the custom dataset needs a folder of class sub-folders")
         try:
@@ -476,11 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = None
     try:
-        cfg, model = _resolve(argv, validate=False)
-        if cfg.dry_run:
+        args, cfg = _flags_config(argv)
+        if not args.dry_run:
+            check_data(cfg)  # before the method is loaded: a missing folder is reported without Lightning
+        cfg, model = _method_config(args, cfg, validate=False)
+        if args.dry_run:
             print(_dry_run_json(cfg, model))
             return 0
-        check_data(cfg)
         from .train import run_pretrain
 
         run_pretrain(cfg)
@@ -516,7 +578,7 @@ def _failure(exc: Exception, cfg: DictConfig | None) -> tuple[str, int] | None:
     """
     if isinstance(exc, UsageError):
         return str(exc), 2
-    if isinstance(exc, EMASpecError):  # a sub-part the real model does not have (a dry run reports it in _resolve)
+    if isinstance(exc, EMASpecError):  # a sub-part the real model lacks (a dry run reports it in _meta_model)
         return f"--ema_parts: {exc}", 2
     from .data.datasets import UnreadableImageError
     from .engine.reliability import NonFiniteLossError
