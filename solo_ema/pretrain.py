@@ -353,11 +353,13 @@ def _check_crops(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def _num_devices(devices: str) -> int:
-    items = [d for d in str(devices).split(",") if d.strip()]
-    if len(items) > 1:
-        return len(items)
-    value = int(items[0])
-    return max(value, 1)
+    """The number of devices --devices names: a count, or a comma list of ids as in solo-learn."""
+    try:
+        ids = [int(d) for d in str(devices).split(",") if d.strip()]
+    except ValueError:
+        ids = []
+    _check(bool(ids), "--devices", f"expected a number of devices or a comma list of device ids, got '{devices}'")
+    return len(ids) if len(ids) > 1 else max(ids[0], 1)
 
 
 def _optimizer(args: argparse.Namespace) -> dict[str, Any]:

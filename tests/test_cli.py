@@ -97,6 +97,8 @@ BAD_INPUTS = {
     "missing data folder": (["--dataset", "custom", "--data_dir", "/nonexistent"], "--data_dir"),
     "unknown dataset": (["--dataset", "imagenet7"], "--dataset"),
     "negative lr": (["--lr", "-0.1"], "--lr"),
+    "devices not a number": (["--devices", "two"], "--devices"),
+    "devices list with a name": (["--devices", "0,gpu1"], "--devices"),
 }
 
 
