@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The flag parser (paper-era solo-learn bash-file flags plus --ema_parts and --dry_run)."""
     p = UsageParser(prog=PROG, description=__doc__, allow_abbrev=False)
     a = p.add_argument
-    a("--method", required=True, help="self-supervised method (see --help for the list)")
+    a("--method", required=True, help=f"self-supervised method, one of {', '.join(METHOD_NAMES)}")
     a("--ema_parts", default=None, help=f"EMA placement; {valid_names()}")
     a("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     a("--data_dir", default=None, help="dataset root (default: " + ", ".join(
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--download", action="store_true", help="download CIFAR where the network allows")
     a("--train_subset", type=int, default=None, help="train on a fixed random subset of this many images")
     a("--val_subset", type=int, default=None, help="validate on a fixed random subset of this many images")
-    a("--backbone", default=DEFAULTS["backbone.name"])
+    a("--backbone", default=DEFAULTS["backbone.name"], help=f"one of {', '.join(BACKBONE_NAMES)}")
     a("--zero_init_residual", action="store_true")
     a("--max_epochs", type=int, default=DEFAULTS["max_epochs"])
     a("--max_steps", type=int, default=-1)

@@ -1,24 +1,21 @@
-"""Each fact once: the command lines read the dataset table, the augmentation flags, the kNN metrics and the
-defaults from their owners, and the engine fills a solo-learn-style config with the same defaults."""
+"""Each fact once: the command lines read the dataset table, the augmentation flags, the kNN metrics, the method
+table and the defaults from their owners, and the engine fills a solo-learn-style config with the same defaults."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from solo_ema import demo, linear, plot, pretrain, report
 from solo_ema.data import catalog
-from solo_ema.data.augment import AUG_FLAGS, ViewRecipe
+from solo_ema.data.views import AUG_FLAGS, ViewRecipe
 from solo_ema.engine import defaults, knn
+from solo_ema.engine.backbones import BACKBONES
 from solo_ema.errors import UsageError, UsageParser
 from solo_ema.methods import METHODS
-
-REPO = Path(__file__).resolve().parents[1]
+from solo_ema.methods.catalog import METHOD_INFO, METHOD_NAMES
 
 
 def _action(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
@@ -78,14 +75,28 @@ def test_every_entry_point_parses_with_the_one_usage_parser(module, capsys) -> N
     assert pretrain.UsageError is UsageError
 
 
-def test_tables_and_the_linear_help_load_without_torch() -> None:
-    """The dataset table, the defaults table and solo-ema-linear's parser are read without importing torch."""
-    code = ("import sys; import solo_ema.data.catalog, solo_ema.engine.defaults, solo_ema.linear as m; "
-            "m.build_parser().format_help(); print(sorted(k for k in ('torch', 'lightning', 'numpy') "
-            "if k in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+def test_the_method_table_names_the_method_classes_and_the_help_lists_them() -> None:
+    """The method and backbone names the command line checks (standard-library tables) are those of the classes."""
+    assert tuple(METHODS) == METHOD_NAMES and tuple(BACKBONES) == defaults.BACKBONE_NAMES
+    parser = pretrain.build_parser()
+    assert ", ".join(METHOD_NAMES) in _action(parser, "--method").help
+    assert ", ".join(defaults.BACKBONE_NAMES) in _action(parser, "--backbone").help
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_crops_the_method_table_accepts_the_method_accepts(name: str) -> None:
+    """The command line checks crop counts against the method table before it loads a method: every count the
+    table accepts passes the method's own config check (MoCo v2+, ReSSL, SimSiam: exactly 2 large, no small)."""
+    info = METHOD_INFO[name]
+    low, high = info.large_crops
+    for large, small in [(1, 0), (2, 0), (3, 0), (2, 2)]:
+        in_table = low <= large and (high is None or large <= high) and (info.small_crops or small == 0)
+        given = {"method": name, "data": {"dataset": "cifar10", "num_large_crops": large, "num_small_crops": small},
+                 "optimizer": {"batch_size": 128, "lr": 0.1}}
+        try:
+            METHODS[name].add_and_assert_specific_cfg(OmegaConf.create(given))
+        except ValueError:
+            assert not in_table, f"{name}: the table accepts {large} large + {small} small crops, the method not"
 
 
 def test_dataset_table_rows_drive_the_cli() -> None:
