@@ -19,6 +19,7 @@ from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
 from .data.loaders import EpochSampler
 from .engine.callbacks import DevicePlacement, StepProgressBar, StepTimer
+from .engine.console import drop_lightning_tips
 from .engine.reliability import (
     AtomicCheckpointIO,
     NonFiniteLossGuard,
@@ -119,6 +120,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
                 every_n_epochs=None if every else cfg.checkpoint.get("frequency", 1), every_n_train_steps=every,
             )
         )
+    drop_lightning_tips()  # Lightning's litlogger advertisement; its other messages and warnings stay
     return pl.Trainer(
         plugins=[AtomicCheckpointIO()],
         max_epochs=cfg.max_epochs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -144,8 +145,10 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: in
     return root / "train"
 
 
-def test_few_step_run_writes_finite_metrics_and_config(tmp_path) -> None:
-    """A 3-step projector-only BYOL run on an image folder writes metrics.csv (finite BYOL loss) and config.json."""
+@pytest.fixture(scope="module")
+def few_step_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """A 3-step projector-only BYOL run on an image folder, as a program: its process and its run folder."""
+    tmp_path = tmp_path_factory.mktemp("few_step")
     data = make_image_folder(tmp_path)
     args = [
         "--method", "byol", "--dataset", "custom", "--data_dir", str(data), "--crop_size", "16",
@@ -153,10 +156,14 @@ def test_few_step_run_writes_finite_metrics_and_config(tmp_path) -> None:
         "--proj_hidden_dim", "64", "--pred_hidden_dim", "64", "--proj_output_dim", "32",
         "--ema_parts", "projector", "--log_dir", str(tmp_path / "runs"), "--name", "t",
     ]
-    proc = run_cli(args, tmp_path)
+    return run_cli(args, tmp_path), tmp_path / "runs" / "t"
+
+
+def test_few_step_run_writes_finite_metrics_and_config(few_step_run) -> None:
+    """A 3-step projector-only BYOL run on an image folder writes metrics.csv (finite BYOL loss) and config.json."""
+    proc, run_dir = few_step_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    run_dir = tmp_path / "runs" / "t"
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["train_byol_loss_step"]) for r in rows if r.get("train_byol_loss_step")]
@@ -169,3 +176,33 @@ def test_few_step_run_writes_finite_metrics_and_config(tmp_path) -> None:
     assert config["momentum"]["parts"] == "projector"
     assert config["data"]["num_classes"] == 3
     assert config["cost"]["backbone_forwards_per_view"] == 1
+
+
+def test_a_run_prints_no_advertisement_and_keeps_lightnings_other_messages(few_step_run) -> None:
+    """A run's output has no Lightning tip advertising litlogger or litmodels; Lightning's other messages of the
+    same rank-zero logger ('GPU available: ...') still show."""
+    proc, _ = few_step_run
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "litlogger" not in output and "litmodels" not in output and "Tip:" not in output
+    assert "GPU available:" in proc.stderr
+
+
+def test_the_tip_filter_drops_only_the_advertising_tips() -> None:
+    """LightningTipFilter drops the two tips Lightning 2.6 logs and passes other records, a litlogger link included."""
+    from solo_ema.engine.console import RANK_ZERO_LOGGERS, LightningTipFilter, drop_lightning_tips
+
+    def record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord(RANK_ZERO_LOGGERS[0], level, __file__, 1, message, None, None)
+
+    keep = LightningTipFilter().filter
+    assert not keep(record("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging and experiment tracking, try "
+                           "installing [litlogger](https://pypi.org/project/litlogger/) to enable LitLogger."))
+    assert not keep(record("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud uploads and versioning, try installing "
+                           "[litmodels](https://pypi.org/project/litmodels/) to enable LitModelCheckpoint."))
+    assert keep(record("GPU available: False, used: False"))
+    assert keep(record("The Neptune logger moved; see: https://github.com/lightning-ai/litlogger", logging.WARNING))
+    drop_lightning_tips()
+    drop_lightning_tips()  # once per logger, however often a Trainer is built
+    for name in RANK_ZERO_LOGGERS:
+        assert sum(isinstance(f, LightningTipFilter) for f in logging.getLogger(name).filters) == 1
