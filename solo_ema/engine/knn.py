@@ -16,8 +16,8 @@ stages, each only for the queries the one before could not settle:
 Memory. The bank (a tensor or a list of tensors, anywhere: device or host memory) is never copied whole and
 never converted whole: it is streamed to the queries' device in chunks whose rows the budget sets
 (``budget_bytes``, 256 MiB by default; ``plan_chunks``), and the kNN's extra memory is at most about two
-budgets plus, per query, ``(D + 1) x 4 + m x 40`` bytes (its prepared features and its candidates;
-``ChunkPlan.peak_bytes`` states it exactly). Training rows labelled ``< 0`` (unlabelled) are never neighbours.
+budgets plus, per query, about ``8 D + 128 m`` bytes (its prepared features, its candidates; the bound is
+``ChunkPlan.peak_bytes``). Training rows labelled ``< 0`` (unlabelled) are never neighbours.
 
 The bank of the engine (``KNNBank``) keeps each training step's features on the device they were computed
 on: ``add`` appends the batch (no copy to the host, no host synchronisation) until a stated capacity in bytes
@@ -70,14 +70,14 @@ class ChunkPlan:
         """Upper bound of the extra bytes the kNN allocates (its inputs not counted).
 
         One bank chunk (moved and joined in the features' dtype, a float64 copy, the prepared points in the
-        compute dtype of at most 8 bytes) lives beside one block of one stage: bounds with their top-m merge,
-        refined pairs (query and bank rows in the features' dtype and in float64) or exhaustive distances. Per
-        query: its prepared features (and their float64 copy while preparing), candidates, votes.
+        compute dtype of at most 8 bytes) lives beside one block of one stage: queries being prepared, bounds
+        with their top-m merge, refined pairs (query and bank rows in the features' dtype and in float64) or
+        exhaustive distances. Per query: its prepared features, its candidates and its votes.
         """
         chunk = self.bank_rows * (dim + 2) * (2 * feat_bytes + 16)
-        block = self.query_rows * (self.bank_rows * 8 + 4 * m * 16 + dim * 8)
+        block = self.query_rows * (self.bank_rows * 8 + 6 * m * 16 + dim * 16)
         pairs = self.pair_rows * dim * (2 * feat_bytes + 16)
-        per_query = queries * ((2 * dim + 2) * 8 + m * 64 + num_classes * 8 + 64)
+        per_query = queries * ((dim + 1) * 8 + m * 128 + num_classes * 8 + 64)
         return chunk + max(block, pairs) + per_query
 
 
@@ -87,7 +87,7 @@ def plan_chunks(dim: int, feat_bytes: int, m: int, budget_bytes: int = KNN_BUDGE
     if budget_bytes <= 0:
         raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
     rows = bank_rows or max(1, budget_bytes // ((dim + 2) * (2 * feat_bytes + 16)))
-    queries = query_rows or max(1, budget_bytes // (rows * 8 + 4 * m * 16 + dim * 8))
+    queries = query_rows or max(1, budget_bytes // (rows * 8 + 6 * m * 16 + dim * 16))
     pairs = max(1, budget_bytes // (dim * (2 * feat_bytes + 16)))
     return ChunkPlan(bank_rows=rows, query_rows=queries, pair_rows=pairs)
 
@@ -178,8 +178,12 @@ def _prepare(x: torch.Tensor, centre: torch.Tensor, normalise: bool, dtype: torc
 def _candidates(stream: _Stream, queries: torch.Tensor, centre: torch.Tensor, normalise: bool, m: int,
                 dtype: torch.dtype, plan: ChunkPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query, the m rows of smallest lower bound on the distance (indices) and the largest kept bound."""
-    q_points, q_offset = _prepare(queries, centre, normalise, dtype)
     n = queries.shape[0]
+    q_points = torch.empty(n, queries.shape[1] + 1, dtype=dtype, device=queries.device)
+    q_offset = torch.empty(n, dtype=dtype, device=queries.device)
+    for s in range(0, n, plan.query_rows):
+        q_points[s : s + plan.query_rows], q_offset[s : s + plan.query_rows] = _prepare(
+            queries[s : s + plan.query_rows], centre, normalise, dtype)
     best = torch.full((n, m), math.inf, dtype=dtype, device=queries.device)
     idx = torch.full((n, m), -1, dtype=torch.long, device=queries.device)
     for offset, feats, labels in stream.chunks():
@@ -218,12 +222,12 @@ def _exhaustive(stream: _Stream, queries: torch.Tensor, k: int, normalise: bool,
     n = queries.shape[0]
     best = torch.full((n, k), math.inf, dtype=torch.float64, device=queries.device)
     best_y = torch.full((n, k), -1, dtype=torch.long, device=queries.device)
-    rows = plan.query_rows
+    rows = max(1, plan.query_rows // 4)  # distances, merged distances, merged labels: under one distance block
     for _, feats, labels in stream.chunks():
         bank = _unit_rows(feats, normalise)
         for s in range(0, n, rows):
             q = _unit_rows(queries[s : s + rows], normalise)
-            d2 = torch.cdist(q, bank, compute_mode="donot_use_mm_for_euclid_dist").square()
+            d2 = torch.cdist(q, bank, compute_mode="donot_use_mm_for_euclid_dist").square_()
             d2.masked_fill_((labels < 0).unsqueeze(0), math.inf)
             merged, pick = torch.cat([best[s : s + rows], d2], dim=1).topk(k, dim=1, largest=False)
             ys = torch.cat([best_y[s : s + rows], labels.unsqueeze(0).expand(d2.shape[0], -1)], dim=1)
