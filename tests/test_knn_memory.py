@@ -48,22 +48,29 @@ def reference_scores(train: torch.Tensor, labels: torch.Tensor, test: torch.Tens
     return torch.zeros(len(test), classes, dtype=torch.float64).scatter_add_(1, labels[idx], votes)
 
 
-def clustered(gen: torch.Generator, n: int, dim: int, classes: int, offset: float = 0.0):
-    """ReLU features around class centres, plus a common offset of size `offset` on every feature."""
+def clustered(gen: torch.Generator, n: int, dim: int, classes: int):
+    """ReLU features around class centres."""
     centres = 3.0 * torch.randn(classes, dim, generator=gen)
     y = torch.randint(0, classes, (n,), generator=gen)
-    x = (centres[y] + 2.0 * torch.randn(n, dim, generator=gen)).relu() + offset * torch.rand(1, dim, generator=gen)
-    return x, y
+    return (centres[y] + 2.0 * torch.randn(n, dim, generator=gen)).relu(), y
+
+
+def two_far_clusters(gen: torch.Generator, n: int, dim: int, classes: int):
+    """Rows 0.1 apart in two clusters 2e3 per coordinate apart: their mean is far from every row, so centring
+    leaves float32 |a|^2 + |b|^2 - 2 a.b an error (~1) larger than the distances inside a cluster (~0.3)."""
+    base = 1e3 * torch.rand(1, dim, generator=gen)
+    side = torch.randint(0, 2, (n, 1), generator=gen) * 2 - 1
+    return side * base + 0.1 * torch.randn(n, dim, generator=gen), torch.randint(0, classes, (n,), generator=gen)
 
 
 @pytest.mark.parametrize("distance", ["paper", "cosine", "euclidean"])
 def test_chunked_float32_knn_equals_float64_brute_force(distance: str) -> None:
     """float32 features, bank chunks of 7 rows (k = 12 is larger than a chunk), query blocks of 5, a list of
-    uneven pieces as the bank: the scores equal the float64 reference. With a common offset 1e4 times the spread
-    the float32 matmul form cannot rank the rows (the bound pass must fall back); the result is still exact."""
+    uneven pieces as the bank: the scores equal the float64 reference, on clustered features and on two far
+    clusters where the float32 pass cannot rank the rows inside a cluster (the stages after it must)."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
-    for offset in (0.0, 3e4):
-        x, y = clustered(gen, 260, 16, 6, offset)
+    for make in (clustered, two_far_clusters):
+        x, y = make(gen, 260, 16, 6)
         train, test, y_train = x[:200], x[200:], y[:200]
         ref = reference_scores(train, y_train, test, 6, 12, distance)
         pieces = [train[:3], train[3:50], train[50:51], train[51:]]
@@ -75,12 +82,13 @@ def test_chunked_float32_knn_equals_float64_brute_force(distance: str) -> None:
 
 
 def test_ties_beyond_the_candidates_and_unlabelled_rows() -> None:
-    """Each training row repeated 30 times (more equal distances than the 2k + 16 candidates) and rows labelled
-    -1 that lie nearest of all: the unlabelled rows never vote, and the votes equal the reference's on the
-    labelled rows (ties may pick either copy; copies carry the same label and distance)."""
+    """Each training row repeated 60 times (more equal distances than the 2k + 16 candidates, so no candidate
+    set can settle a query and the exhaustive stage answers) and rows labelled -1 that lie nearest of all: the
+    unlabelled rows never vote, and the votes equal the reference's on the labelled rows (ties may pick either
+    copy; copies carry the same label and distance)."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
     base, y = clustered(gen, 20, 8, 4)
-    train, labels = base.repeat(30, 1), y.repeat(30)
+    train, labels = base.repeat(60, 1), y.repeat(60)
     test = base[:6] + 0.05 * torch.randn(6, 8, generator=gen)
     near = torch.cat([test, train])
     near_y = torch.cat([torch.full((6,), -1), labels])
