@@ -79,6 +79,16 @@ def test_chunked_float32_knn_equals_float64_brute_force(distance: str) -> None:
                                    bank_chunk_size=7)
         assert got.dtype == torch.float32
         np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=2e-6, atol=0)
+    # under autocast (as in a mixed-precision run) the bound still holds: the kNN turns autocast off (and forces
+    # full-precision float32 matmuls, which matters on GPUs with TF32 only)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = weighted_knn_predict(train, y_train, test, 6, k=12, distance=distance, bank_chunk_size=7)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=2e-6, atol=0)
 
 
 def test_ties_beyond_the_candidates_and_unlabelled_rows() -> None:

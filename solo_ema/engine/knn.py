@@ -142,12 +142,13 @@ def _unit_rows(x: torch.Tensor, normalise: bool) -> torch.Tensor:
 
 
 @contextmanager
-def _ieee_float32() -> Iterator[None]:
-    """float32 matmuls in full precision (no TF32 / bf16): the error bound assumes it."""
+def _exact_float32(device: torch.device) -> Iterator[None]:
+    """float32 matmuls in full precision (no TF32 / bf16, no autocast): the error bound assumes it."""
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        yield
+        with torch.autocast(device.type, enabled=False):
+            yield
     finally:
         torch.set_float32_matmul_precision(before)
 
@@ -305,7 +306,7 @@ def weighted_knn_predict(
     stream = _Stream(probe.feats, probe.labels, plan.bank_rows, device)
     scores = torch.zeros(test_feats.shape[0], num_classes, dtype=torch.float64, device=device)
     if test_feats.shape[0]:
-        with _ieee_float32():
+        with _exact_float32(device):
             d2, labels = _nearest(stream, test_feats, k, distance != "paper", valid, plan, m)
         if distance == "paper":
             weights = 1.0 / (d2.sqrt() + PAPER_EPS)
