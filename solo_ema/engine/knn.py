@@ -205,13 +205,16 @@ def _refine(stream: _Stream, queries: torch.Tensor, cand: torch.Tensor, normalis
     """Squared float64 distances ``|q - b|^2`` of every (query, candidate) pair and the candidates' labels."""
     exact = torch.full(cand.shape, math.inf, dtype=torch.float64, device=queries.device)
     labels = torch.full(cand.shape, -1, dtype=torch.long, device=queries.device)
+    q64 = _unit_rows(queries, normalise)
     for offset, feats, chunk_labels in stream.chunks():
         qi, slot = ((cand >= offset) & (cand < offset + feats.shape[0])).nonzero(as_tuple=True)
+        if qi.numel() == 0:
+            continue
+        b64 = _unit_rows(feats, normalise)
         for s in range(0, qi.numel(), plan.pair_rows):
             q, k = qi[s : s + plan.pair_rows], slot[s : s + plan.pair_rows]
             rows = cand[q, k] - offset
-            diff = _unit_rows(queries[q], normalise).sub_(_unit_rows(feats[rows], normalise))
-            exact[q, k] = torch.linalg.vector_norm(diff, dim=1).square_()
+            exact[q, k] = torch.linalg.vector_norm(q64[q].sub_(b64[rows]), dim=1).square_()
             labels[q, k] = chunk_labels[rows]
     exact.masked_fill_(labels < 0, math.inf)
     return exact, labels
