@@ -286,7 +286,9 @@ class BaseMethod(pl.LightningModule):
         precision). Every process compares it with the least free memory of all processes, so all agree.
         """
         trainer = self.trainer
-        batches = trainer.num_training_batches  # known here: configure_optimizers read estimated_stepping_batches
+        if trainer.train_dataloader is None:  # configure_optimizers has usually loaded it already
+            _ = trainer.estimated_stepping_batches  # loads the training loader
+        batches = trainer.num_training_batches
         if not math.isfinite(batches):
             return None
         batch_rows = int(self.cfg.optimizer.batch_size) * self.knn_bank_crops
