@@ -472,21 +472,23 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
 
 
 def gather_bank(module: torch.nn.Module, bank: KNNBank, device: torch.device,
-                rows: int = 1 << 16) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                rows: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Every process's bank (features, labels pieces in process order), gathered with ``gather_uneven``.
 
     On one process: the bank's own pieces. Otherwise the bank goes ``rows`` rows at a time through the device
-    (a host-resident part does not have to fit there at once); a gathered piece stays on the device while the
-    gathered total there is within ``world x capacity_bytes``, else goes to host memory.
+    (by default as many as keep one step's gathered copies within ``KNN_BUDGET_BYTES``; a host-resident part
+    does not have to fit there at once); a gathered piece stays on the device while the gathered total there is
+    within ``world x capacity_bytes``, else goes to host memory.
     """
     feats, labels = bank.feature_pieces(), bank.label_pieces()
     world = world_size()
     if world == 1:
         return feats, labels
+    dim, dtype = feats[0].shape[1], feats[0].dtype
+    rows = rows or max(1, KNN_BUDGET_BYTES // (2 * world * bank_row_bytes(dim, feats[0].element_size())))
     sizes = gather_uneven(module, torch.tensor([len(bank)], device=device)).tolist()
     steps = math.ceil(max(sizes) / rows)
     local = _Stream(feats, labels, rows, device).chunks()
-    dim, dtype = feats[0].shape[1], feats[0].dtype
     limit = None if bank.capacity_bytes is None else bank.capacity_bytes * world
     on_device = 0
     out: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(world)]
