@@ -197,15 +197,16 @@ def test_bank_keeps_the_input_device_and_spills_past_its_capacity() -> None:
     assert capped.labels().tolist() == y_train[-20:].tolist() and capped.device_bytes == 0 and capped.host_rows == 20
 
 
-def test_gather_bank_in_chunks_keeps_process_order(monkeypatch) -> None:
-    """Two processes, played by two threads whose all_gather meets at a barrier: banks of 11 and 4 rows sent 3
-    rows at a time come back as rank 0's rows then rank 1's, on both ranks; the host capacity rule keeps part of
-    the gathered bank in host memory."""
+@pytest.mark.parametrize("rows", [3, None])
+def test_gather_bank_in_chunks_keeps_process_order(monkeypatch, rows: int | None) -> None:
+    """Two processes, played by two threads whose all_gather meets at a barrier: banks of 11 and 4 rows, banked
+    5 rows at a time and sent 3 rows per step (rank 1 runs out first and sends empty steps) or in the default
+    steps, come back on both ranks as rank 0's rows then rank 1's, through gather_uneven."""
     from solo_ema.engine import distributed
 
     for module in (knn, distributed):
         monkeypatch.setattr(module, "world_size", lambda: 2)
-    barrier, slots = threading.Barrier(2), [None, None]
+    barrier, slots = threading.Barrier(2, timeout=20), [None, None]
 
     class Rank:
         def __init__(self, rank: int) -> None:
@@ -227,9 +228,9 @@ def test_gather_bank_in_chunks_keeps_process_order(monkeypatch) -> None:
         bank = KNNBank(capacity_bytes=10 ** 6)
         for s in range(0, len(feats[rank]), 5):
             bank.add(feats[rank][s : s + 5], labels[rank][s : s + 5])
-        results[rank] = gather_bank(Rank(rank), bank, torch.device("cpu"), rows=3)
+        results[rank] = gather_bank(Rank(rank), bank, torch.device("cpu"), rows=rows)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(2)]
     for t in threads:
         t.start()
     for t in threads:
