@@ -56,8 +56,8 @@ def clustered(gen: torch.Generator, n: int, dim: int, classes: int):
 
 
 def two_far_clusters(gen: torch.Generator, n: int, dim: int, classes: int):
-    """Rows 0.1 apart in two clusters 2e3 per coordinate apart: their mean is far from every row, so centring
-    leaves float32 |a|^2 + |b|^2 - 2 a.b an error (~1) larger than the distances inside a cluster (~0.3)."""
+    """Rows 0.1 apart in two clusters up to 2e3 per coordinate apart: their mean is far from every row, so
+    centring leaves float32 |a|^2 + |b|^2 - 2 a.b an error (~1) larger than the distances inside a cluster."""
     base = 1e3 * torch.rand(1, dim, generator=gen)
     side = torch.randint(0, 2, (n, 1), generator=gen) * 2 - 1
     return side * base + 0.1 * torch.randn(n, dim, generator=gen), torch.randint(0, classes, (n,), generator=gen)
