@@ -92,10 +92,10 @@ def test_chunked_float32_knn_equals_float64_brute_force(distance: str) -> None:
 
 
 def test_ties_beyond_the_candidates_and_unlabelled_rows() -> None:
-    """Each training row repeated 60 times (more equal distances than the 2k + 16 candidates, so no candidate
-    set can settle a query and the exhaustive stage answers) and rows labelled -1 that lie nearest of all: the
-    unlabelled rows never vote, and the votes equal the reference's on the labelled rows (ties may pick either
-    copy; copies carry the same label and distance)."""
+    """Each training row repeated 60 times (more equal distances than the max(2k, k + 16) = 40 candidates, so
+    no candidate set can settle a query and the exhaustive stage answers) and rows labelled -1 that lie nearest
+    of all: the unlabelled rows never vote, and the votes equal the reference's on the labelled rows (ties may
+    pick either copy; copies carry the same label and distance)."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
     base, y = clustered(gen, 20, 8, 4)
     train, labels = base.repeat(60, 1), y.repeat(60)
@@ -132,8 +132,8 @@ weighted_knn_predict(bank[:300], labels[:300], test, 10, k=20, distance="paper")
 knn, scores = growth(lambda: weighted_knn_predict(bank, labels, test, 10, k=20, distance="paper",
                                                   budget_bytes=cap // 4))
 copy, _ = growth(lambda: bank.double())
-plan = plan_chunks(dim, 4, 56, cap // 4)
-print(json.dumps({"knn": knn, "copy": copy, "bound": plan.peak_bytes(dim, 4, 32, 56, 10),
+plan = plan_chunks(dim, 4, 40, cap // 4)
+print(json.dumps({"knn": knn, "copy": copy, "bound": plan.peak_bytes(dim, 4, 32, 40, 10),
                   "argmax": scores.argmax(1).tolist()}))
 """
 
@@ -151,8 +151,8 @@ def test_big_bank_stays_under_a_memory_cap_that_float64_would_exceed(tmp_path: P
     """
     n, dim, cap = 250_000, 64, 32 << 20
     assert n * dim * 8 > 3 * cap
-    plan = plan_chunks(dim, 4, 56, cap // 4)
-    assert plan.bank_rows < n and plan.peak_bytes(dim, 4, 32, 56, 10) < cap
+    plan = plan_chunks(dim, 4, 40, cap // 4)
+    assert plan.bank_rows < n and plan.peak_bytes(dim, 4, 32, 40, 10) < cap
     script = tmp_path / "peak.py"
     script.write_text(PEAK_SCRIPT)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 << 10)}

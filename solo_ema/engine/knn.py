@@ -7,7 +7,7 @@ stages, each only for the queries the one before could not settle:
 1. a candidate pass in float32 (float64 for float64 features): the features are centred on the bank's mean
    (distances do not change; the cancellation of ``|a|^2 + |b|^2 - 2 a.b`` on a large common offset does),
    and every distance gets a rigorous lower bound (the matmul form minus its worst-case rounding error,
-   ``4 (D + 16) u (|a| + |b|)^2``). The ``m = 2k + 16`` rows of smallest bound are the candidates; their
+   ``4 (D + 16) u (|a| + |b|)^2``). The ``m = max(2k, k + 16)`` rows of smallest bound are the candidates; their
    distances are recomputed as ``|a - b|`` in float64. A query is settled when the largest kept bound is at
    least its exact k-th distance: no other row can then be nearer;
 2. the same in float64 for the queries left (a bound 2^29 times tighter);
@@ -304,7 +304,7 @@ def weighted_knn_predict(
         raise ValueError("the kNN training bank has no labelled sample")
     out_dtype = torch.promote_types(torch.promote_types(probe.feats[0].dtype, test_feats.dtype), torch.float32)
     k = max(1, min(int(k), valid))
-    m = min(valid, 2 * k + 16)
+    m = min(valid, max(2 * k, k + 16))
     plan = plan_chunks(probe.dim, probe.feats[0].element_size(), m, budget_bytes, chunk_size, bank_chunk_size)
     stream = _Stream(probe.feats, probe.labels, plan.bank_rows, device)
     scores = torch.zeros(test_feats.shape[0], num_classes, dtype=torch.float64, device=device)
