@@ -19,7 +19,7 @@ from .backbones import BACKBONES, build_backbone
 from .config import cfg_default, cfg_get, cfg_require
 from .defaults import DEFAULTS, fill_defaults
 from .distributed import gather_uneven
-from .knn import KNNBank, knn_accuracy
+from .knn import KNNBank, bank_capacity, bank_row_bytes, free_memory, gather_bank, knn_accuracy
 from .lars import LARS
 from .schedule import SCHEDULERS, build_scheduler
 
@@ -222,10 +222,8 @@ class BaseMethod(pl.LightningModule):
         )
         if self.knn_bank is not None:
             feats = torch.cat(outs["feats"][: self.knn_bank_crops])
-            labels = targets.repeat(self.knn_bank_crops)
-            if self.knn_bank_crops > 1:  # the paper-era bank drops unlabelled samples, as solo-learn 1.0.x
-                feats, labels = feats[labels != -1], labels[labels != -1]
-            self.knn_bank.add(feats, labels)
+            # unlabelled samples (-1) stay in the bank, never neighbours: dropping them here would wait on the device
+            self.knn_bank.add(feats, targets.repeat(self.knn_bank_crops))
         return outs
 
     def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -253,24 +251,56 @@ class BaseMethod(pl.LightningModule):
             means = {k: sum(float(o[k]) * o["batch_size"] for o in outputs) / total for k in keys}
             self.log_dict(means, sync_dist=True)
         if self.knn_bank is not None and self.knn_val is not None and len(self.knn_val) and len(self.knn_bank):
-            banks = [self.knn_bank.features(), self.knn_bank.labels(), self.knn_val.features(), self.knn_val.labels()]
-            gathered = [gather_uneven(self, t.to(self.device)) for t in banks]
-            # the paper-era metric scans the whole epoch's bank of two crops: on the accelerator
-            bank, bank_y, val, val_y = (t if self.cfg.knn_eval.distance_func == "paper" else t.cpu()
-                                        for t in gathered)
-            acc1, acc5 = knn_accuracy(
-                bank,
-                bank_y,
-                val,
-                val_y,
-                self.num_classes,
-                k=self.cfg.knn_eval.k,
-                temperature=self.cfg.knn_eval.temperature,
-                distance=self.cfg.knn_eval.distance_func,
-            )
-            self.log_dict({"val_knn_acc1": acc1, "val_knn_acc5": acc5}, sync_dist=True)
+            # every process's bank, streamed in chunks by the kNN on the validation features' device
+            bank, bank_y = gather_bank(self, self.knn_bank, self.device)
+            val = gather_uneven(self, self.knn_val.features().to(self.device))
+            val_y = gather_uneven(self, self.knn_val.labels().to(self.device))
+            if sum(int((y >= 0).sum()) for y in bank_y):
+                acc1, acc5 = knn_accuracy(
+                    bank,
+                    bank_y,
+                    val,
+                    val_y,
+                    self.num_classes,
+                    k=self.cfg.knn_eval.k,
+                    temperature=self.cfg.knn_eval.temperature,
+                    distance=self.cfg.knn_eval.distance_func,
+                )
+                self.log_dict({"val_knn_acc1": acc1, "val_knn_acc5": acc5}, sync_dist=True)
         if self.knn_val is not None:
             self.knn_val.reset()
+
+    def on_fit_start(self) -> None:
+        """Size the epoch's kNN bank before the first step: a UsageError if it cannot fit, else its device share."""
+        if self.knn_bank is not None:
+            self.knn_bank.capacity_bytes = self.knn_bank_capacity()
+
+    def knn_bank_capacity(self) -> int | None:
+        """The bytes of its kNN bank this process keeps on its device (``knn.bank_capacity``); None: no limit.
+
+        The bank of an epoch: batches per epoch x batch size x banked crops (at most ``knn_eval.max_train`` plus
+        a batch) samples of ``features_dim`` features, 4 bytes each (8 at 64-bit precision, 2 at 16-bit true
+        precision). Every process compares it with the least free memory of all processes, so all agree.
+        """
+        trainer = self.trainer
+        if trainer.train_dataloader is None:  # configure_optimizers has usually loaded it already
+            _ = trainer.estimated_stepping_batches  # loads the training loader
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            return None
+        batch_rows = int(self.cfg.optimizer.batch_size) * self.knn_bank_crops
+        rows = int(batches) * batch_rows
+        if self.cfg.knn_eval.max_train is not None:
+            rows = min(rows, int(self.cfg.knn_eval.max_train) + batch_rows)
+        precision = str(trainer.precision)
+        feat_bytes = 8 if precision.startswith("64") else 2 if precision in ("16-true", "bf16-true") else 4
+        device_free, host_free = free_memory(self.device)
+        free = torch.tensor([-1 if device_free is None else device_free, host_free], device=self.device)
+        free = self.all_gather(free).view(-1, 2).min(0).values.tolist()
+        metric = self.cfg.knn_eval.distance_func
+        return bank_capacity(rows, bank_row_bytes(self.features_dim, feat_bytes), trainer.world_size,
+                             None if free[0] < 0 else free[0], free[1] // max(1, trainer.num_devices),
+                             f"--knn_eval/--knn_metric {metric}")
 
     def on_train_epoch_start(self) -> None:
         """Start a fresh kNN training bank each epoch."""
