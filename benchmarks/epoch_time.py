@@ -59,7 +59,7 @@ COLUMNS = ("loop", "method", "ema_parts", "batch_size", "images_per_epoch", "epo
            "compile")
 SPLIT = ("data", "forward", "backward", "optimizer", "ema", "other")
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-TINY = {"subset": 32, "batch_size": 8, "epochs": 2, "heads": 64, "workers": 0, "compile_backend": "aot_eager"}
+TINY = {"subset": 16, "batch_size": 8, "epochs": 2, "heads": 64, "workers": 0, "compile_backend": "aot_eager"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     a("--out", default=None, help="CSV path (default benchmarks/results/epoch_time_<gpu>.csv)")
     a("--work_dir", default=None, help="runs and the image folder of the solo-learn loop (default: a temp folder)")
-    a("--tiny", action="store_true", help="smoke mode: 32 images, batch 8, heads 64, 2 epochs, aot_eager, CPU")
+    a("--tiny", action="store_true", help="smoke mode: 16 images, batch 8, heads 64, 2 epochs, aot_eager, CPU")
     a("--_child", default=None, help=argparse.SUPPRESS)
     return p
 

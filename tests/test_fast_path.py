@@ -229,3 +229,41 @@ def test_compiled_stages_compute_the_eager_step(method: str, spec: str) -> None:
     for key in s1:
         torch.testing.assert_close(s2[key], s1[key], rtol=1e-4, atol=1e-5, msg=key)
     assert int(fast.ema.num_updates) == 3
+
+
+def test_compiled_run_through_the_command_line_ends_where_the_eager_run_ends(tmp_path: Path) -> None:
+    """--compile (aot_eager) against the same run without it, 3 steps of a real run with LARS and validation:
+    every tensor of the final model (online, EMA copies, BN buffers) agrees to float tolerance, and the
+    compiled run's config records the flags."""
+    data = image_folder(tmp_path / "data", per_class=12)
+    states = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--compile_backend", "aot_eager"])):
+        argv = run_argv(data, tmp_path / "runs", name, "--ema_parts", "block4+projector", "--max_steps", "3",
+                        "--limit_val_batches", "1.0", "--val_subset", "4", *extra)
+        cfg = build_cfg([a for a in argv if a != "--save_checkpoint"])
+        assert cfg.performance.compile == (name == "compiled")
+        torch.use_deterministic_algorithms(True)
+        try:
+            states[name] = run_pretrain(cfg).model.state_dict()
+        finally:
+            torch.use_deterministic_algorithms(False)
+    assert states["eager"].keys() == states["compiled"].keys()
+    for key, value in states["eager"].items():
+        torch.testing.assert_close(states["compiled"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fast_path_flags_resolve_and_bad_values_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    """--compile, --compile_backend, --no_prefetch and --log_every_n_steps land in the config (defaults: no
+    compile, inductor, prefetch, the device's interval); --log_every_n_steps 0 is a usage error."""
+    from solo_ema.pretrain import main
+
+    default = build_cfg(small_argv())
+    assert (default.performance.compile, default.performance.compile_backend, default.performance.prefetch,
+            default.logging.every_n_steps) == (False, "inductor", True, None)
+    cfg = build_cfg(small_argv("projector", "--compile", "--compile_backend", "aot_eager", "--no_prefetch",
+                               "--log_every_n_steps", "7"))
+    assert (cfg.performance.compile, cfg.performance.compile_backend, cfg.performance.prefetch,
+            cfg.logging.every_n_steps) == (True, "aot_eager", False, 7)
+    assert main(small_argv("projector", "--log_every_n_steps", "0")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--log_every_n_steps" in err[0]
