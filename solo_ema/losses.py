@@ -77,8 +77,12 @@ def nt_xent(
     same_view = anchor_view[:, None] == candidate_view[None, :]
     pos = same_sample & ~same_view
     valid = ~(same_sample & same_view)
-    if not bool(pos.any(dim=1).all()):
-        raise ValueError("every anchor needs a positive: a candidate of the same sample from another view")
+    every_anchor = pos.any(dim=1).all()
+    message = "every anchor needs a positive: a candidate of the same sample from another view"
+    if every_anchor.is_cuda:
+        torch._assert_async(every_anchor, message)  # checked on the device: no host synchronisation per step
+    elif not bool(every_anchor):
+        raise ValueError(message)
     log_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
     log_all = torch.logsumexp(logits.masked_fill(~valid, float("-inf")), dim=1)
     return (log_all - log_pos).mean()

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
            "(normalised features), paper (solo-learn 1.0.x, the paper's KNN-1: raw features, weights "
            "1/(d+1e-5), both large crops of the epoch)")
     a("--no_channel_last", action="store_true")
+    a("--no_prefetch", action="store_true",
+      help="--device_data: make each batch when it is asked for (default: one ahead, on a side stream on GPU)")
+    a("--compile", action="store_true",
+      help="torch.compile the ResNet layers and heads (and their momentum copies); the first steps compile")
+    a("--compile_backend", default=DEFAULTS["performance.compile_backend"], help="torch.compile backend")
+    a("--log_every_n_steps", type=int, default=None, metavar="N",
+      help="write step metrics every N steps (default: 1 on CPU; 50 on GPU, where each write waits for the GPU)")
     a("--name", default=None, help="run name (folder under --log_dir)")
     a("--project", default="solo-ema")
     a("--log_dir", default="runs")
@@ -253,6 +260,8 @@ def _check_values(args: argparse.Namespace) -> None:
     _check(args.resume_from_checkpoint is None or Path(args.resume_from_checkpoint).is_file(),
            "--resume_from_checkpoint", f"no checkpoint file at '{args.resume_from_checkpoint}'")
     _check(args.max_epochs > 0 or args.max_steps > 0, "--max_epochs", "give --max_epochs > 0 or --max_steps > 0")
+    _check(args.log_every_n_steps is None or args.log_every_n_steps > 0, "--log_every_n_steps",
+           f"must be > 0, got {args.log_every_n_steps}")
     _check(args.grad_monitor_interval > 0, "--grad_monitor_interval", f"must be > 0, got {args.grad_monitor_interval}")
     _check(args.track_weights_interval > 0, "--track_weights_interval",
            f"must be > 0, got {args.track_weights_interval}")
@@ -404,7 +413,8 @@ def _config(args: argparse.Namespace, final_tau: float, parts: str, augmentation
         "method_kwargs": {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None},
         "knn_eval": {"enabled": args.knn_eval or args.knn_metric is not None, "k": args.knn_k,
                      "distance_func": args.knn_metric or DEFAULTS["knn_eval.distance_func"]},
-        "performance": {"disable_channel_last": args.no_channel_last},
+        "performance": {"disable_channel_last": args.no_channel_last, "prefetch": not args.no_prefetch,
+                        "compile": args.compile, "compile_backend": args.compile_backend},
         "max_epochs": args.max_epochs,
         "max_steps": args.max_steps,
         "devices": _num_devices(args.devices),
@@ -422,7 +432,8 @@ def _config(args: argparse.Namespace, final_tau: float, parts: str, augmentation
             "track_weights": args.track_weights,
             "track_weights_interval": args.track_weights_interval,
         },
-        "logging": {"log_dir": args.log_dir, "project": args.project, "wandb": args.wandb},
+        "logging": {"log_dir": args.log_dir, "project": args.project, "wandb": args.wandb,
+                    "every_n_steps": args.log_every_n_steps},
         "checkpoint": {
             "enabled": args.save_checkpoint,
             "dir": args.checkpoint_dir or os.path.join(args.log_dir, name, "checkpoints"),

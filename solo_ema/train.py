@@ -19,6 +19,8 @@ from .analysis.weights import TrackWeightsError
 from .data import ViewRecipe, build_eval_loader, build_pretrain_loader
 from .data.loaders import EpochSampler
 from .engine.callbacks import DevicePlacement, StepProgressBar, StepTimer
+from .engine.compile import compile_stages
+from .engine.config import cfg_get
 from .engine.console import drop_lightning_tips
 from .engine.reliability import (
     AtomicCheckpointIO,
@@ -56,6 +58,16 @@ def resolve_precision(cfg: DictConfig) -> str:
     return "16-mixed" if uses_gpu(cfg) else "32-true"
 
 
+#: on a GPU, steps between metric writes (each write reads the device's values back: the queue drains)
+GPU_LOG_EVERY_N_STEPS = 50
+
+
+def log_every_n_steps(cfg: DictConfig) -> int:
+    """Steps between metric writes: ``logging.every_n_steps``, else 1 on CPU and GPU_LOG_EVERY_N_STEPS on GPU."""
+    every = cfg_get(cfg, "logging.every_n_steps")
+    return int(every) if every else (GPU_LOG_EVERY_N_STEPS if uses_gpu(cfg) else 1)
+
+
 def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
     """Training loader ([indexes, crops, targets]) and validation loader ((x, y)) from the config."""
     d = cfg.data
@@ -67,7 +79,7 @@ def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.u
             return build_device_loaders(
                 d.dataset, d.train_path, d.val_path, recipes, batch_size=cfg.optimizer.batch_size, seed=cfg.seed,
                 download=d.download, train_subset=d.train_subset, val_subset=d.val_subset,
-                with_val=bool(cfg.limit_val_batches),
+                with_val=bool(cfg.limit_val_batches), prefetch=bool(cfg_get(cfg, "performance.prefetch", True)),
             )
         except ValueError as exc:
             raise UsageError(f"--device_data: {exc}") from None
@@ -109,7 +121,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(name=cfg.name, project=cfg.logging.project, save_dir=str(run_dir)))
-    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(), StepProgressBar(refresh_rate=1)]
+    gpu, every = uses_gpu(cfg), log_every_n_steps(cfg)
+    # on a GPU nothing reads a device value back between metric writes: the loss check and the bar follow them
+    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(check_every=every if gpu else 1),
+                 StepProgressBar(refresh_rate=every if gpu else 1)]
     if cfg.checkpoint.enabled:
         every = cfg.checkpoint.get("every_n_steps")
         # save_top_k=1 without a monitor keeps the newest {epoch}-{step}.ckpt; Lightning writes last.ckpt only
@@ -137,7 +152,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
         num_sanity_val_steps=0,
         logger=loggers,
         callbacks=callbacks,
-        log_every_n_steps=1,
+        log_every_n_steps=every,
+        benchmark=True if gpu else None,  # cudnn picks the fastest kernels for the run's fixed shapes
         enable_checkpointing=bool(cfg.checkpoint.enabled),
         enable_model_summary=False,
         default_root_dir=str(run_dir),
@@ -163,6 +179,8 @@ def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | No
     model = build_model(cfg)  # the run's one build (an EMASpecError here is a bad --ema_parts sub-part)
     if not cfg.performance.disable_channel_last and uses_gpu(cfg):
         model = model.to(memory_format=torch.channels_last)
+    if cfg_get(cfg, "performance.compile", False):
+        compile_stages(model, backend=cfg_get(cfg, "performance.compile_backend", "inductor"))
     timer = StepTimer()
     try:
         analysis = analysis_callbacks(cfg, model, run_dir)

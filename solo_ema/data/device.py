@@ -35,6 +35,7 @@ from solo_ema.data.augment import blur_kernel_size, eval_transform
 from solo_ema.data.catalog import DATASETS, DEVICE_DATASETS
 from solo_ema.data.datasets import build_dataset
 from solo_ema.data.loaders import random_subset
+from solo_ema.data.prefetch import prefetched
 from solo_ema.data.views import ViewRecipe
 
 __all__ = [
@@ -344,12 +345,14 @@ def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, apply: torch.Tensor,
-                 hue: bool = True) -> torch.Tensor:
+                 hue: bool = True, masked: bool = False) -> torch.Tensor:
     """ColorJitter of the `apply`-selected images: the four adjustments in each image's own order.
 
     Brightness, contrast and saturation are blends `f * x + (1 - f) * ref` (ref: black, the mean luma,
     the luma image) clamped to [0, 1]; an image whose step is another adjustment blends with f = 1.
-    ``hue=False`` skips the hue step (all hue factors are 0).
+    ``hue=False`` skips the hue step (all hue factors are 0). The hue step runs on the selected images only,
+    except on CUDA (or with ``masked``), where it runs on all and keeps the selected ones: the same values,
+    without reading the number of selected images back to the host.
     """
     for step in range(4):
         op = order[:, step]
@@ -362,10 +365,14 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, ap
             torch.where((op == 2)[:, None, None, None], gray, torch.zeros_like(gray)),
         )
         x = (fb * x + (1.0 - fb) * ref).clamp_(0.0, 1.0)
-        if hue:  # HSV round trips are costly: only the images whose step this is (each image has one)
-            turn = (apply & (op == 3)).nonzero().squeeze(1)
-            if turn.numel():
-                x = x.index_put((turn,), adjust_hue(x[turn], f[turn]))
+        if hue:
+            turn = apply & (op == 3)
+            if x.is_cuda or masked:  # every image through HSV and back, then selected: no wait for the count
+                x = torch.where(turn[:, None, None, None], adjust_hue(x, torch.where(turn, f, 0.0)), x)
+            else:  # HSV round trips are costly on a CPU: only the images whose step this is (each image has one)
+                idx = turn.nonzero().squeeze(1)
+                if idx.numel():
+                    x = x.index_put((idx,), adjust_hue(x[idx], f[idx]))
     return x
 
 
@@ -383,10 +390,19 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return y.reshape(n, c, height, width)
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """values as a (1, C, 1, 1) tensor on like's device, made once per device (a copy from the host waits)."""
+    key = (tuple(values), like.device, like.dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, device=like.device, dtype=like.dtype)[None, :, None, None]
+    return _CONSTANTS[key]
+
+
 def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-    s = torch.tensor(std, device=x.device, dtype=x.dtype)[None, :, None, None]
-    return (x - m) / s
+    return (x - _constant(mean, x)) / _constant(std, x)
 
 
 def augment_views(
@@ -433,8 +449,13 @@ class DevicePretrainLoader:
     batch_sampler = None  # Lightning reads sampler / batch_sampler as a DataLoader's (set_epoch, shuffle check)
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, recipes: Sequence[ViewRecipe],
-                 mean: Sequence[float], std: Sequence[float], batch_size: int, seed: int = 0) -> None:
-        """Keep the uint8 split and the recipes; the split stays where it is until `place`."""
+                 mean: Sequence[float], std: Sequence[float], batch_size: int, seed: int = 0,
+                 prefetch: bool = True) -> None:
+        """Keep the uint8 split and the recipes; the split stays where it is until `place`.
+
+        With `prefetch` each batch is made one ahead (on CUDA on a side stream, beside the training step):
+        the same batches in the same order (`solo_ema.data.prefetch.prefetched`).
+        """
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
         if not recipes:
@@ -448,6 +469,7 @@ class DevicePretrainLoader:
         self.batch_size, self.seed = batch_size, seed
         self.device = images.device
         self.sampler = ShardSampler(len(images), seed=seed)
+        self.prefetch = prefetch
 
     @property
     def num_crops(self) -> int:
@@ -488,7 +510,13 @@ class DevicePretrainLoader:
         return [c for i in range(len(self.recipes)) for c in crops[i]]
 
     def __iter__(self) -> Iterator[list]:
-        """Batches of the current epoch (the epoch is read when the first batch is drawn)."""
+        """Batches of the current epoch (the epoch is read when the first batch is drawn), made one ahead with
+        `prefetch`."""
+        batches = self.batches()
+        return prefetched(batches, self.device) if self.prefetch else batches
+
+    def batches(self) -> Iterator[list]:
+        """The batches of the current epoch, each made when it is asked for."""
         indices = self.sampler.indices().to(self.device)
         rank = self.sampler.rank
         generator = torch.Generator(device=self.device).manual_seed(seed_for(self.seed, rank, self.sampler.epoch))
@@ -537,12 +565,12 @@ class DeviceEvalLoader:
 def build_device_loaders(
     dataset: str, train_path: str | os.PathLike | None, val_path: str | os.PathLike | None,
     recipes: Sequence[ViewRecipe], batch_size: int, seed: int = 0, download: bool = False,
-    train_subset: int | None = None, val_subset: int | None = None, with_val: bool = True,
+    train_subset: int | None = None, val_subset: int | None = None, with_val: bool = True, prefetch: bool = True,
 ) -> tuple[DevicePretrainLoader, DeviceEvalLoader | None]:
     """The device-resident training loader (and validation loader), on CPU until `place` is called."""
     info = DATASETS[dataset]
     images, labels = load_split(dataset, train_path, True, download, train_subset, seed)
-    train = DevicePretrainLoader(images, labels, recipes, info.mean, info.std, batch_size, seed)
+    train = DevicePretrainLoader(images, labels, recipes, info.mean, info.std, batch_size, seed, prefetch=prefetch)
     val = None
     if with_val:
         images, labels = load_split(dataset, val_path, False, download, val_subset, seed)

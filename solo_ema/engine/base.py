@@ -16,6 +16,7 @@ from torch import nn
 from ..data.catalog import SMALL_IMAGE_DATASETS
 from ..ema import EMASpec, PartialEMA, Stage, check_taus, config_parts, resnet_stages, spec_paths
 from .backbones import BACKBONES, build_backbone
+from .callbacks import logs_this_step
 from .config import cfg_default, cfg_get, cfg_require
 from .defaults import DEFAULTS, fill_defaults
 from .distributed import gather_uneven
@@ -29,14 +30,14 @@ BASE_CONFIG_KEYS = ("backbone", "max_epochs", "accumulate_grad_batches", "optimi
 
 
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
-    """Top-k accuracies in percent, ignoring targets < 0."""
-    keep = targets >= 0
-    logits, targets = logits[keep], targets[keep]
-    if targets.numel() == 0:
-        return [logits.new_zeros(()) for _ in ks]
+    """Top-k accuracies in percent, ignoring targets < 0 (0 when none is left).
+
+    No boolean-mask indexing: the count of kept targets stays on the device, so this never waits for it.
+    """
+    kept = (targets >= 0).sum().clamp(min=1).float()
     top = logits.topk(min(max(ks), logits.size(1)), dim=1).indices
-    hit = top.eq(targets[:, None])
-    return [hit[:, : min(k, top.size(1))].any(dim=1).float().mean() * 100 for k in ks]
+    hit = top.eq(targets[:, None])  # a target < 0 matches no class
+    return [hit[:, : min(k, top.size(1))].any(dim=1).float().sum() / kept * 100 for k in ks]
 
 
 def classifier_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -427,5 +428,6 @@ class BaseMomentumMethod(BaseMethod):
         self.ema.step(int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Log the tau of the last EMA update."""
-        self.log("tau", self.ema.last_tau, on_step=True, on_epoch=False)
+        """Log the tau of the last EMA update (on the steps whose metrics are written)."""
+        if logs_this_step(self.trainer):
+            self.log("tau", self.ema.last_tau, on_step=True, on_epoch=False)

@@ -7,11 +7,27 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
+def logs_this_step(trainer: pl.Trainer | None) -> bool:
+    """True when the loggers will receive the metrics of the current training step.
+
+    Logging a Python number makes Lightning copy it to the device, which waits for the device's queue: metrics
+    computed on the host (a time, the tau) are logged only on the steps whose metrics are written
+    (``--log_every_n_steps``); on the other steps Lightning would drop them anyway. False without a trainer.
+    """
+    return trainer is not None and bool(trainer._logger_connector.should_update_logs)
+
+
 class StepTimer(pl.Callback):
-    """Wall time of each training step (forward, backward, optimizer step, EMA update), logged as step_time."""
+    """Wall time of each training step (forward, backward, optimizer step, EMA update), logged as step_time.
+
+    On a GPU nothing waits for the device between steps, so a step's time is the host's time to queue it;
+    over many steps (and at every step whose metrics are read) that is the device's pace. Epoch times wait
+    for the device to finish.
+    """
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -26,16 +42,19 @@ class StepTimer(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        """Stop the clock and log the step time."""
+        """Stop the clock; log the step time on the steps whose metrics are written."""
         self.times.append(time.perf_counter() - self._start)
-        pl_module.log("step_time", self.times[-1], on_step=True, on_epoch=False)
+        if logs_this_step(trainer):
+            pl_module.log("step_time", self.times[-1], on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the epoch clock."""
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log seconds per epoch."""
+        """Log seconds per epoch (on a GPU once its queue has run: the epoch's work is done)."""
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         pl_module.log("epoch_time", self.epoch_times[-1], on_step=False, on_epoch=True)
 

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "knn_eval.temperature": 0.07,
     "knn_eval.distance_func": "cosine",  # solo-ema's own kNN; "paper" is 1.0.x's
     "performance.disable_channel_last": False,
+    "performance.prefetch": True,  # --device_data: make each batch one ahead (the same batches)
+    "performance.compile": False,  # torch.compile of the ResNet layers and heads (solo_ema.engine.compile)
+    "performance.compile_backend": "inductor",
     "method_kwargs.bn_backbone_out": False,  # solo-ema's BN1 / BN2 switches (paper Table C.8)
     "method_kwargs.bn_projector_out": False,
     "method_kwargs.bn1_position": "projector",

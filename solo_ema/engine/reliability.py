@@ -129,15 +129,63 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteLossGuard(pl.Callback):
-    """Stops the run at the first non-finite loss, before it reaches the weights (or a checkpoint)."""
+    """Stops the run at the first non-finite loss, before it reaches a checkpoint.
+
+    With ``check_every=1`` (CPU runs) the loss is read at every step and the run stops before that step's
+    update. With ``check_every=N`` (GPU runs) reading it would stop the GPU's queue every step, so the first
+    non-finite loss (its step and value) is recorded on the device and read every N optimizer steps, at the
+    end of each epoch and before any checkpoint is written: the run stops at most N - 1 steps after it and
+    the last checkpoint on disk is one written before it.
+    """
+
+    def __init__(self, check_every: int = 1) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = int(check_every)
+        self._first: torch.Tensor | None = None  # (step, loss) of the first non-finite loss; step -1: none yet
+        self._checked_at = -1
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        """Raise NonFiniteLossError naming the step when the loss is not finite."""
-        if not torch.isfinite(loss.detach()).all():
+        """Check the loss now (check_every=1) or record it on the device for the next check."""
+        loss = loss.detach().float().sum()  # a sum of values is non-finite when one of them is
+        if self.check_every == 1:
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {trainer.global_step} "
+                    f"(epoch {trainer.current_epoch}); the run stopped before the update"
+                )
+            return
+        if self._first is None:
+            self._first = torch.full((2,), -1.0, device=loss.device)  # made on the device: no copy from host
+        bad = ~torch.isfinite(loss) & (self._first[0] < 0)
+        now = torch.stack([torch.full_like(loss, float(trainer.global_step)), loss])
+        self._first = torch.where(bad, now, self._first)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise NonFiniteLossError if a non-finite loss was recorded (reads the device once)."""
+        if self._first is None:
+            return
+        step, value = self._first.tolist()
+        if step >= 0:
             raise NonFiniteLossError(
-                f"loss is {loss.detach().float().item()} at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}); the run stopped before the update"
+                f"loss is {value} at step {int(step)}; the run stopped at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}), before writing a checkpoint"
             )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx) -> None:
+        """Every check_every optimizer steps: check."""
+        step = trainer.global_step
+        if self.check_every > 1 and step % self.check_every == 0 and step != self._checked_at:
+            self._checked_at = step  # once per optimizer step, not once per accumulated micro-batch
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At the end of an epoch: check."""
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Before a checkpoint is written: check (a raise here leaves the file on disk as it was)."""
+        self.check(trainer)
 
 
 class _AppendingWriter(ExperimentWriter):

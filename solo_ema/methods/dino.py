@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..engine import BaseMomentumMethod
+from ..engine.callbacks import logs_this_step
 from ..engine.config import cfg_default
 from ..engine.distributed import all_reduce_sum, world_size
 from ..losses import dino_loss
@@ -161,9 +162,9 @@ class DINO(BaseMomentumMethod):
         teacher = outs["momentum_z"]
         loss = dino_loss(outs["z"], teacher, self.center, k.student_temperature, self.teacher_temperature)
         self.center.copy_(updated_center(self.center, torch.cat(teacher), k.center_momentum))
-        self.log_dict(
-            {"train_dino_loss": loss, "teacher_temperature": self.teacher_temperature}, on_epoch=True, sync_dist=True
-        )
+        self.log("train_dino_loss", loss, on_epoch=True, sync_dist=True)
+        if logs_this_step(self._trainer):  # a Python number: logged only where Lightning writes it
+            self.log("teacher_temperature", self.teacher_temperature, on_step=True, on_epoch=False)
         return loss + outs["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
