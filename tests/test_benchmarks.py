@@ -47,3 +47,35 @@ def test_step_cost_tiny_reports_every_placement(tmp_path: Path) -> None:
     assert flops["projector"] < 0.8, "projector-only skips the second backbone forward"
     assert all(r["median_s"] > 0 for r in rows.values())
     assert "| projector |" in proc.stdout
+
+
+def test_epoch_time_tiny_writes_one_row_per_loop_with_the_columns(tmp_path: Path) -> None:
+    """benchmarks/epoch_time.py --tiny: the fast and eager engine loops and solo-learn's own BYOL each train two
+    epochs in their own process; the CSV has the documented columns, one row per loop, positive times, FLOPs
+    and memory, the step split adds up to no more than the step, and the table prints the ratios."""
+    out = tmp_path / "epoch_time.csv"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "epoch_time.py"), "--tiny", "--placements", "all", "--out", str(out),
+         "--work_dir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    required = ["loop", "method", "ema_parts", "batch_size", "images_per_epoch", "epoch_seconds", "step_ms", "tflops",
+                "peak_mem_gib", "hardware", "commit", "command"]
+    assert list(rows[0])[: len(required)] == required
+    assert [(r["loop"], r["method"], r["ema_parts"]) for r in rows] == [
+        ("fast", "byol", "all"), ("eager", "byol", "all"), ("solo-learn", "byol", "all")]
+    for r in rows:
+        assert not r["error"], r["error"]
+        assert int(r["batch_size"]) == 8 and int(r["images_per_epoch"]) == 16
+        assert float(r["epoch_seconds"]) > 0 and float(r["tflops"]) > 0 and float(r["peak_mem_gib"]) > 0
+        split = sum(float(r[f"{k}_ms"]) for k in ("forward", "backward", "optimizer", "ema", "other"))
+        assert 0 < split <= float(r["step_ms"]) * 1.001
+    assert rows[0]["compile"] == "True" and rows[1]["compile"] == "False"
+    assert "--compile" in rows[0]["command"] and "--no_prefetch" in rows[1]["command"]
+    assert "byol.yaml" in rows[2]["command"]
+    assert "| fast | byol | all |" in proc.stdout and "| solo-learn | byol | all |" in proc.stdout
