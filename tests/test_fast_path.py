@@ -166,17 +166,35 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_host_numbers_are_logged_on_written_steps_with_the_same_values(tmp_path: Path) -> None:
-    """log_every_n_steps 3 against 1 on the same run: tau, step_time and the DINO temperature appear on the
-    written steps only (2, 5, 8 of 9), and tau there equals the every-step run's tau."""
+def test_host_numbers_are_logged_on_written_steps_with_the_same_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log_every_n_steps 3 against 1 on the same run: tau, step_time and the DINO temperature (Python numbers,
+    which Lightning copies to the device when logged) are handed to self.log on the written steps only (2, 5, 8 of
+    9), the CSV has them there, and tau there equals the every-step run's tau."""
+    host_numbers = ("tau", "step_time", "teacher_temperature")
+    calls: list[tuple[str, int]] = []
+    real_log = pl.LightningModule.log
+
+    def recording_log(module, name, value, *args, **kwargs):
+        if name in host_numbers:
+            calls.append((name, module.trainer.global_step))
+        return real_log(module, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", recording_log)
     data = image_folder(tmp_path / "data", per_class=40)  # 10 steps of 8 images
     taus = {}
     for every in (1, 3):
+        calls.clear()
         argv = run_argv(data, tmp_path / "runs", f"every{every}", "--method", "dino", "--max_epochs", "1",
                         "--max_steps", "9", "--proj_output_dim", "16", "--num_prototypes", "32")
         cfg = build_cfg([a for a in argv if a != "--save_checkpoint"])
         cfg.logging.every_n_steps = every
         run_pretrain(cfg)
+        written = set(range(9)) if every == 1 else {2, 5, 8}
+        for key in host_numbers:  # tau and step_time are logged after the step's update, the temperature before it
+            steps = {s - (key != "teacher_temperature") for k, s in calls if k == key}
+            assert steps == written, (key, sorted(steps))
         rows = _rows(tmp_path / "runs" / f"every{every}")
         taus[every] = {int(r["step"]): float(r["tau"]) for r in rows if r.get("tau")}
         for key in ("step_time", "teacher_temperature"):
