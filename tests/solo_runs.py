@@ -53,14 +53,15 @@ def small_argv(path: Path, train: Path, overrides: Sequence[str] = (), *extra: s
     """solo-ema-solo-pretrain's arguments for a YAML (and row overrides) on `train`, shrunk to a CPU run.
 
     `extra` come last (e.g. ``++max_steps=2``, the checkpoint settings). Large crops become 32 px and small
-    ones 16 px; the heads and queues shrink (SMALL_METHOD_KWARGS).
+    ones 16 px; the heads and queues shrink to SMALL_METHOD_KWARGS where they are larger.
     """
     composed = compose(path, overrides)
     large = composed.augmentations[0].crop_size  # solo-learn: crops of the first pipeline's size are the large ones
     shrink = [
         f"++augmentations.{i}.crop_size={32 if aug.crop_size == large else 16}"
         for i, aug in enumerate(composed.augmentations)
-    ] + [f"++method_kwargs.{k}={v}" for k, v in SMALL_METHOD_KWARGS.items() if k in composed.method_kwargs]
+    ] + [f"++method_kwargs.{k}={min(v, composed.method_kwargs[k])}" for k, v in SMALL_METHOD_KWARGS.items()
+         if k in composed.method_kwargs]  # a YAML's smaller head (Table 2's 2-unit projector) stays as it is
     return [
         "--config-path",
         str(path.parent),

@@ -40,6 +40,7 @@ from solo.data.pretrain_dataloader import (  # noqa: E402
 from solo.methods import METHODS  # noqa: E402
 from solo.methods.base import BaseMomentumMethod  # noqa: E402
 from solo_runs import FitRecorder, compose, image_folder, run, small_argv  # noqa: E402
+from table_map import read_map  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms  # noqa: E402
 from torchvision.datasets import FakeData  # noqa: E402
@@ -508,6 +509,85 @@ def test_yaml_fits_two_steps(path: Path, tmp_path: Path, monkeypatch: pytest.Mon
     if path.name.endswith("_ema_projector.yaml"):
         assert model.cfg.momentum.parts == "projector" and model.num_small_crops == 0
         assert model.ema.paths == [HEADS[model.cfg.method.removesuffix("_ema")]]
+
+
+#: rows of solo_configs/paper_tables.csv fitted with their overrides (their YAMLs fit above): no encoder training
+#: (Table 2), BN1 in the projector path with the kNN on (C.8), a frozen target projector at lr 4 (Table 7), and
+#: SimCLR + EMA on the whole encoder (Table 1)
+FITTED_ROWS = ["table2-random-encoder", "tableC8-projector-bn1", "table7-fixed-projector-lr4", "table1-simclr-ema"]
+
+
+@pytest.mark.parametrize("run_name", FITTED_ROWS)
+def test_table_row_with_overrides_fits_two_steps(run_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A row of the paper's tables as docs/solo_learn.md gives it (YAML + overrides) fits through solo-learn."""
+    (row,) = [r for r in read_map() if r.run_name == run_name]
+    # one epoch of two steps: solo-learn's warm-up (10 of max_epochs epochs, in steps) then spans both steps, so the
+    # classifier's learning rate (warmed up from 0 in the random-encoder row) is above 0 at the second
+    overrides = [*row.overrides, "++max_epochs=1"]
+    model, start = check_two_step_fit(CONFIGS / row.config, overrides, tmp_path, monkeypatch)
+    end = dict(model.named_parameters())
+    moved = {n for n in end if not torch.equal(start[n], end[n])}
+    if run_name == "table2-random-encoder":  # lr 0: only the online (and momentum) classifier learns
+        assert moved and all(n.startswith(("classifier.", "momentum_classifier.")) for n in moved), sorted(moved)
+        assert model.cfg.method_kwargs.proj_hidden_dim == 2 and model.knn_eval
+    else:
+        assert "backbone.conv1.weight" in moved
+    if run_name == "tableC8-projector-bn1":
+        assert model.feats_bn is not None and not model.bn1_on_backbone and model.knn_eval
+        assert "feats_bn.weight" in moved
+    if run_name == "table7-fixed-projector-lr4":  # beta 1: the target projector stays at its initial weights
+        assert not any(n.startswith("ema.copies.") for n in moved) and model.ema.paths == ["projector"]
+    if run_name == "table1-simclr-ema":
+        assert model.ema.paths == ["backbone", "projector"] and model.cfg.momentum.base_tau == 0.9
+
+
+class KNNBankReader(Callback):
+    """Reads solo-learn's kNN bank (training and validation features) just before it computes the accuracy."""
+
+    def __init__(self) -> None:
+        self.banks: list[tuple[torch.Tensor, ...]] = []
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module) -> None:  # runs before the model's own hook
+        if not trainer.sanity_checking:
+            knn = pl_module.knn
+            self.banks.append(tuple(torch.cat(getattr(knn, name)).clone() for name in (
+                "train_features", "train_targets", "test_features", "test_targets")))
+
+
+def paper_knn_top1(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
+    """The paper's KNN-1 written out in float64: the 20 nearest by euclidean distance on the raw features vote for
+    their class with weight 1 / (d + 1e-5); top-1 accuracy in percent."""
+    d = torch.cdist(test.double(), train.double())
+    dist, idx = d.topk(min(20, len(train)), dim=1, largest=False)
+    scores = torch.zeros(len(test), int(train_y.max()) + 1, dtype=torch.float64)
+    scores.scatter_add_(1, train_y[idx], 1 / (dist + 1e-5))
+    return (scores.argmax(1) == test_y).double().mean().item() * 100
+
+
+def test_paper_knn_inside_solo_learn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Table C.8's KNN-1 inside solo-learn: the row tableC8-projector (kNN on) through main_pretrain with a validation
+    set logs solo-learn's val_knn_acc1, which is the paper's metric on solo-learn's bank (both large crops of every
+    training step of the epoch, then the validation features): the formula written out, and the engine's
+    ``--knn_metric paper`` (solo_ema.engine.knn), give the same accuracy."""
+    from solo_ema.engine.knn import knn_accuracy
+
+    (row,) = [r for r in read_map() if r.run_name == "tableC8-projector"]
+    train = image_folder(tmp_path / "train", classes=5)
+    val = image_folder(tmp_path / "val", classes=5, per_class=3, size=40)
+    argv = small_argv(CONFIGS / row.config, train, row.overrides, "++max_epochs=1", "++limit_train_batches=2",
+                      f"++data.val_path={val}", "++checkpoint.enabled=False", "++auto_resume.enabled=False")
+    reader = KNNBankReader()
+    recorder = FitRecorder(monkeypatch, [reader])
+    run(argv, monkeypatch, tmp_path)
+    (trainer, model, _), = recorder.runs
+    assert model.knn_eval and (model.knn.k, model.knn.distance_fx) == (20, "euclidean")
+    (bank,) = reader.banks
+    train_x, train_y, test_x, test_y = bank
+    assert train_x.shape == (2 * 2 * BATCH, model.features_dim) and len(test_x) == 15  # 2 steps x 2 crops; 15 images
+    expected = paper_knn_top1(*bank)
+    engine, _ = knn_accuracy(train_x, train_y, test_x, test_y, 5, k=20, distance="paper")
+    assert float(trainer.callback_metrics["val_knn_acc1"]) == pytest.approx(expected) == pytest.approx(engine)
+    assert not model.knn.train_features  # solo-learn's compute emptied the bank for the next epoch
 
 
 def test_console_entry_runs_solo_learns_main_pretrain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

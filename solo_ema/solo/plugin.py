@@ -34,13 +34,19 @@ solo-learn's losses, optimisers, schedulers, logging and the rest of the trainin
 SimCLR and SimSiam (no momentum in solo-learn) additionally get ``BaseMomentumMethod`` in their bases
 and a ``training_step`` with the EMA target (this project's losses, ``solo_ema.losses``).
 
+solo-learn's online kNN (``knn_eval``) is its own ``WeightedKNNClassifier``; where the installed torchmetrics (1.x)
+rejects the ``compute_on_step`` argument that solo-learn passes it, :func:`solo_knn` builds it without that
+argument (its ``update`` and ``compute`` unchanged).
+
 Only the core (``solo_ema.ema``) and ``solo_ema.losses`` of this project are imported here, never its
-Lightning engine or methods; solo-learn's ``gather`` is imported inside ``SimCLREMAMixin.training_step``,
-so the classes can be built over stand-ins where solo-learn is absent.
+Lightning engine or methods; solo-learn's ``gather`` and ``WeightedKNNClassifier`` are imported inside the
+functions that use them, so the classes can be built over stand-ins where solo-learn is absent.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -128,6 +134,43 @@ def encoder_stages(head: str, with_bn1: bool, bn1_on_backbone: bool) -> list[Sta
     return stages
 
 
+@functools.cache
+def _knn_without_compute_on_step(knn_class: type) -> type:
+    """solo-learn's kNN class with a constructor that does not hand ``compute_on_step`` to torchmetrics' Metric.
+
+    It sets what solo-learn's ``__init__`` sets, with solo-learn's own defaults (read from its signature), and
+    keeps its ``update`` and ``compute``.
+    """
+    defaults = {n: p.default for n, p in inspect.signature(knn_class.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def __init__(self, k: int = defaults["k"], distance_fx: str = defaults["distance_fx"]) -> None:
+        super(knn_class, self).__init__(dist_sync_on_step=defaults["dist_sync_on_step"])  # torchmetrics' Metric
+        self.k, self.T, self.distance_fx = k, defaults["T"], distance_fx
+        self.max_distance_matrix_size, self.epsilon = defaults["max_distance_matrix_size"], defaults["epsilon"]
+        for state in ("train_features", "train_targets", "test_features", "test_targets"):
+            self.add_state(state, default=[], persistent=False)
+
+    return type(knn_class.__name__, (knn_class,), {"__init__": __init__, "__module__": __name__,
+                                                   "__doc__": knn_class.__doc__})
+
+
+def solo_knn(k: int, distance: str) -> nn.Module:
+    """solo-learn's online kNN, ``WeightedKNNClassifier(k=k, distance_fx=distance)``.
+
+    solo-learn passes torchmetrics' Metric ``compute_on_step=False``, which torchmetrics 1.x no longer accepts;
+    there it is built without it (:func:`_knn_without_compute_on_step`): the same class's update and compute.
+    """
+    from solo.utils.knn import WeightedKNNClassifier  # solo-learn's own; this module is built without solo-learn
+
+    try:
+        return WeightedKNNClassifier(k=k, distance_fx=distance)
+    except ValueError as err:
+        if "compute_on_step" not in str(err):
+            raise
+    return _knn_without_compute_on_step(WeightedKNNClassifier)(k=k, distance_fx=distance)
+
+
 def _detach_weight_norm_caches(module: nn.Module) -> None:
     """Make the weights cached by ``nn.utils.weight_norm`` graph leaves so the module can be deep-copied.
 
@@ -178,7 +221,19 @@ class PartialEMAMixin:
 
     # construction ------------------------------------------------------------------------------
     def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg)
+        # solo-learn builds its kNN in its __init__ when knn_eval.enabled; it is built here instead (solo_knn), so
+        # that it also builds where torchmetrics rejects an argument solo-learn passes it
+        knn = bool(OmegaConf.select(cfg, "knn_eval.enabled", default=False))
+        if knn:
+            cfg.knn_eval.enabled = False
+        try:
+            super().__init__(cfg)
+        finally:
+            if knn:
+                cfg.knn_eval.enabled = True
+        if knn:
+            self.knn_eval = True
+            self.knn = solo_knn(self.cfg.knn_eval.k, self.cfg.knn_eval.distance_func)
         # PartialEMA's copies replace solo-learn's momentum modules: drop those before the model
         # ever reaches a device (a shared-backbone spec then keeps no second backbone at all)
         for name in SOLO_MOMENTUM_MODULES:
