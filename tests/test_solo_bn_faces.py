@@ -223,3 +223,12 @@ def test_bn1_position_is_checked(method_kwargs: dict, message: str) -> None:
     plugin_cfg.method_kwargs.update(method_kwargs)
     with pytest.raises(ValueError, match=message):
         METHODS["byol_ema"].add_and_assert_specific_cfg(plugin_cfg)
+
+
+def test_plugin_switches_are_the_engine_table() -> None:
+    """The plug-in's BN1 positions and BatchNorm defaults are the engine's defaults table (its one owner)."""
+    from solo_ema.engine.defaults import BN1_POSITIONS, DEFAULTS
+    from solo_ema.solo import plugin
+
+    assert plugin.BN1_POSITIONS == BN1_POSITIONS
+    assert plugin.BN_DEFAULTS == {k: DEFAULTS[f"method_kwargs.{k}"] for k in plugin.BN_DEFAULTS}
