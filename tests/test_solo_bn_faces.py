@@ -19,6 +19,8 @@ BN2 in the projector's) and one EMA update (the engine's ``PartialEMA.step`` aga
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from conftest import use_solo_learn
@@ -106,6 +108,13 @@ def module_names(model: torch.nn.Module, method: str) -> dict[int, str]:
 def pair_names(model: torch.nn.Module, method: str) -> list[tuple[str, str]]:
     names = module_names(model, method)
     return [(names[id(o)], names[id(m)]) for o, m in model.momentum_pairs]
+
+
+@pytest.fixture(autouse=True)
+def _free_models():
+    """Collect each test's models (reference cycles through their hooks) at once: memory stays flat."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +241,28 @@ def test_plugin_switches_are_the_engine_table() -> None:
 
     assert plugin.BN1_POSITIONS == BN1_POSITIONS
     assert plugin.BN_DEFAULTS == {k: DEFAULTS[f"method_kwargs.{k}"] for k in plugin.BN_DEFAULTS}
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam", "ressl"])
+def test_bn1_and_bn2_in_the_other_methods(method: str, batch) -> None:
+    """SimCLR, SimSiam and ReSSL with BN1 on the backbone output and BN2: one training step reaches both (BN2 inside
+    the projector's copy), and the classifier reads BN1's output."""
+    flags = {"simclr": ["--temperature", "0.2"], "simsiam": ["--pred_hidden_dim", "8"], "ressl": ["--queue_size", "16"]}
+    argv = ["--method", method, "--dataset", "cifar10", "--batch_size", str(BATCH), "--max_steps", "10",
+            "--proj_hidden_dim", "32", "--proj_output_dim", "16", "--ema_parts", "projector", "--no_channel_last",
+            *flags[method], *SWITCHES["bn1-backbone+bn2"]]
+    cfg = OmegaConf.create(OmegaConf.to_container(build_cfg(argv)))
+    cfg.method = f"{method}_ema"
+    model = METHODS[f"{method}_ema"](cfg).train()
+    assert any(g["name"] == "feats_bn" for g in model.learnable_params)
+    assert isinstance(model.ema.copy_of("projector").bn_out, torch.nn.BatchNorm1d)
+    X, y = batch
+    g = torch.Generator().manual_seed(4)
+    loss = model.training_step([torch.arange(BATCH), [X, torch.randn(X.shape, generator=g)], y], 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.feats_bn.weight.grad is not None and model.projector.bn_out.weight.grad is not None
+    with torch.no_grad():
+        out = model(X)
+        torch.testing.assert_close(out["logits"], model.classifier(model.feats_bn(model.backbone(X))))
+    model.ema.remove_hooks()
