@@ -28,11 +28,8 @@ from conftest import use_solo_learn
 
 SOLO_ROOT = use_solo_learn()
 
-import hydra  # noqa: E402
-import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
 from solo.data.pretrain_dataloader import (  # noqa: E402
     FullTransformPipeline,
     NCropAugmentation,
@@ -42,6 +39,8 @@ from solo.data.pretrain_dataloader import (  # noqa: E402
 )
 from solo.methods import METHODS  # noqa: E402
 from solo.methods.base import BaseMomentumMethod  # noqa: E402
+from solo_runs import FitRecorder, compose, image_folder, run, small_argv  # noqa: E402
+from table_map import read_map  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms  # noqa: E402
 from torchvision.datasets import FakeData  # noqa: E402
@@ -49,6 +48,7 @@ from torchvision.datasets import FakeData  # noqa: E402
 import solo_ema.solo as plugin  # noqa: E402
 from solo_ema import solo_pretrain  # noqa: E402
 from solo_ema.ema import parse_ema_spec  # noqa: E402
+from solo_ema.solo import plugin as plugin_module  # noqa: E402
 from solo_ema.solo.plugin import HEADS, SOLO_MOMENTUM_MODULES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,23 +416,18 @@ def test_checkpoint_keys():
 
 
 def _pretrain_yamls() -> list[Path]:
-    """Every YAML under solo_configs/ that is a pretraining config (it names a method) rather than a group option."""
+    """Every YAML under solo_configs/ that composes to a pretraining config (it names a method), rather than an
+    option of a config group; a row YAML that extends another (hydra ``defaults``) composes to one too."""
     found = []
     for path in sorted((ROOT / "solo_configs").rglob("*.yaml")):
         node = OmegaConf.load(path)
-        if isinstance(node, DictConfig) and "method" in node:
-            found.append(path)
+        if isinstance(node, DictConfig) and ("method" in node or "defaults" in node):
+            if "method" in compose(path):
+                found.append(path)
     return found
 
 
 PRETRAIN_YAMLS = _pretrain_yamls()
-SMALL_METHOD_KWARGS = {
-    "proj_hidden_dim": 32,
-    "proj_output_dim": 16,
-    "pred_hidden_dim": 32,
-    "num_prototypes": 32,
-    "queue_size": 4 * BATCH,
-}
 
 
 def test_every_yaml_is_a_config_or_an_option_of_its_groups():
@@ -446,19 +441,10 @@ def test_every_yaml_is_a_config_or_an_option_of_its_groups():
                     if not group.startswith("override "):
                         assert (path.parent / group / option).is_file(), f"{path}: no {group}/{option}"
                         groups.add(path.parent / group)
+            elif entry != "_self_":  # a config this one extends: one of the pretraining configs beside it
+                assert path.parent / f"{entry}.yaml" in PRETRAIN_YAMLS, f"{path}: extends {entry}"
     others = [p for p in (ROOT / "solo_configs").rglob("*.yaml") if p not in PRETRAIN_YAMLS and p.parent not in groups]
     assert not others, others
-
-
-def _image_folder(root: Path, classes: int = 2, per_class: int = BATCH, size: int = 36) -> Path:
-    """A tiny folder of random RGB PNGs, one sub-folder per class (solo-learn's 'custom' dataset)."""
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def _spec_of(value: object) -> str:
@@ -468,6 +454,45 @@ def _spec_of(value: object) -> str:
     return str(value)
 
 
+def check_two_step_fit(path: Path, overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A YAML (and row overrides) through solo-ema-solo-pretrain for two optimiser steps; returns the model and
+    its parameters at the start, after checking what every fit must show."""
+    composed = compose(path, overrides)
+    method = str(composed.method)
+    base_tau = float(OmegaConf.select(composed, "momentum.base_tau", default=0.99))
+    final_tau = float(OmegaConf.select(composed, "momentum.final_tau", default=1.0))
+    parts = str(parse_ema_spec(_spec_of(OmegaConf.select(composed, "momentum.parts", default="all"))))
+    if (base_tau, final_tau) == (0, 0):
+        parts = "none"
+    # 5 classes: solo-learn's momentum classifier (on in the paper-era yamls) measures top-5 accuracy
+    train = image_folder(tmp_path / "train", classes=5)
+    argv = small_argv(path, train, overrides, "++max_steps=2", "++checkpoint.enabled=False",
+                      "++auto_resume.enabled=False")
+    recorder = FitRecorder(monkeypatch)
+    run(argv, monkeypatch, tmp_path)
+    (trainer, model, start), = recorder.runs
+
+    assert type(model) is plugin.CLASSES[method] and model.cfg.method == method
+    assert model.cfg.momentum.parts == parts and not any(n in model._modules for n in SOLO_MOMENTUM_MODULES)
+    assert model.num_large_crops == 2
+    for key in ("bn_backbone_out", "bn_projector_out", "bn1_position"):  # Table C.8's switches reach the model
+        assert model.cfg.method_kwargs[key] == OmegaConf.select(composed, f"method_kwargs.{key}",
+                                                                default=plugin_module.BN_DEFAULTS[key])
+    assert (model.feats_bn is not None) == model.cfg.method_kwargs.bn_backbone_out
+    # two optimiser steps, two EMA updates; the second with solo-learn's cosine tau at step 1 of 2
+    assert trainer.global_step == 2 and int(model.ema.num_updates) == 2
+    assert model.ema.last_tau == pytest.approx(final_tau - (final_tau - base_tau) * (math.cos(math.pi / 2) + 1) / 2)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    end = dict(model.named_parameters())
+    copies = [n for n in end if n.startswith("ema.copies.")]
+    assert bool(copies) == (parts != "none")
+    if copies and base_tau < 1:
+        assert any(not torch.equal(start[n], end[n]) for n in copies)  # the EMA moved the copies
+    assert not logging.getLogger("lightning.pytorch").disabled  # the run left the suite's logging alone
+    return model, start
+
+
 @pytest.mark.parametrize(
     "path", PRETRAIN_YAMLS, ids=lambda p: str(p.relative_to(ROOT / "solo_configs").with_suffix(""))
 )
@@ -475,85 +500,99 @@ def test_yaml_fits_two_steps(path: Path, tmp_path: Path, monkeypatch: pytest.Mon
     """Each shipped YAML through solo-ema-solo-pretrain, i.e. hydra and solo-learn's main_pretrain: two steps.
 
     Only sizes change (crops, batch, heads, queue), the data (a generated image folder as 'custom') and the
-    machine (CPU, 32-bit, no DDP); the method, momentum.parts, taus, optimiser and augmentations are the YAML's.
+    machine (CPU, 32-bit, no DDP); the method, momentum.parts, taus, BatchNorms, optimiser and augmentations are
+    the YAML's.
     """
-    raw = OmegaConf.load(path)
-    method = str(raw.method)
-    base_tau = float(OmegaConf.select(raw, "momentum.base_tau", default=0.99))
-    final_tau = float(OmegaConf.select(raw, "momentum.final_tau", default=1.0))
-    parts = str(parse_ema_spec(_spec_of(OmegaConf.select(raw, "momentum.parts", default="all"))))
-    if (base_tau, final_tau) == (0, 0):
-        parts = "none"
-    with hydra.initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
-        composed = hydra.compose(config_name=path.name)
-    large = composed.augmentations[0].crop_size  # solo-learn: crops of the first pipeline's size are the large ones
-    overrides = [
-        f"++augmentations.{i}.crop_size={32 if aug.crop_size == large else 16}"
-        for i, aug in enumerate(composed.augmentations)
-    ] + [f"++method_kwargs.{k}={v}" for k, v in SMALL_METHOD_KWARGS.items() if k in composed.method_kwargs]
-    argv = [
-        "--config-path",
-        str(path.parent),
-        "--config-name",
-        path.name,
-        "hydra/job_logging=none",
-        "hydra/hydra_logging=none",
-        "++data.dataset=custom",
-        # 5 classes: solo-learn's momentum classifier (on in the paper-era yamls) measures top-5 accuracy
-        f"++data.train_path={_image_folder(tmp_path / 'train', classes=5)}",
-        "++data.val_path=null",
-        "++data.format=image_folder",
-        "++data.num_workers=0",
-        f"++optimizer.batch_size={BATCH}",
-        "++max_steps=2",
-        "++accelerator=cpu",
-        '++devices="1"',
-        "++strategy=auto",
-        "++precision=32",
-        "++sync_batchnorm=False",
-        "++checkpoint.enabled=False",
-        "++auto_resume.enabled=False",
-        "++wandb.enabled=False",
-        "++enable_progress_bar=False",
-        *overrides,
-    ]
-    runs = []
-    fit = pl.Trainer.fit
-
-    def recording_fit(trainer, model, *args, **kwargs):
-        start = {n: p.detach().clone() for n, p in model.named_parameters()}
-        runs.append((trainer, model, start))
-        return fit(trainer, model, *args, **kwargs)
-
-    monkeypatch.setattr(pl.Trainer, "fit", recording_fit)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.chdir(tmp_path)
-    assert solo_pretrain.main(argv) == 0
-    (trainer, model, start), = runs
-
-    assert type(model) is plugin.CLASSES[method] and model.cfg.method == method
-    assert model.cfg.momentum.parts == parts and not any(n in model._modules for n in SOLO_MOMENTUM_MODULES)
-    assert model.num_large_crops == 2
-    if path.name.endswith("_ema_projector.yaml"):
-        assert parts == "projector" and model.num_small_crops == 0
-        assert model.ema.paths == [HEADS[method.removesuffix("_ema")]]
-    # two optimiser steps, two EMA updates; the second with solo-learn's cosine tau at step 1 of 2
-    assert trainer.global_step == 2 and int(model.ema.num_updates) == 2
-    assert model.ema.last_tau == pytest.approx(final_tau - (final_tau - base_tau) * (math.cos(math.pi / 2) + 1) / 2)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_")}
-    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    model, start = check_two_step_fit(path, [], tmp_path, monkeypatch)
     end = dict(model.named_parameters())
     assert not torch.equal(start["backbone.conv1.weight"], end["backbone.conv1.weight"])  # the optimiser stepped
-    copies = [n for n in end if n.startswith("ema.copies.")]
-    assert bool(copies) == (parts != "none")
-    if copies and base_tau < 1:
-        assert any(not torch.equal(start[n], end[n]) for n in copies)  # the EMA moved the copies
-    assert not logging.getLogger("lightning.pytorch").disabled  # the run left the suite's logging alone
+    if path.name.endswith("_ema_projector.yaml"):
+        assert model.cfg.momentum.parts == "projector" and model.num_small_crops == 0
+        assert model.ema.paths == [HEADS[model.cfg.method.removesuffix("_ema")]]
+
+
+#: rows of solo_configs/paper_tables.csv fitted with their overrides (their YAMLs fit above): no encoder training
+#: (Table 2), BN1 in the projector path with the kNN on (C.8), a frozen target projector at lr 4 (Table 7), and
+#: SimCLR + EMA on the whole encoder (Table 1)
+FITTED_ROWS = ["table2-random-encoder", "tableC8-projector-bn1", "table7-fixed-projector-lr4", "table1-simclr-ema"]
+
+
+@pytest.mark.parametrize("run_name", FITTED_ROWS)
+def test_table_row_with_overrides_fits_two_steps(run_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A row of the paper's tables as docs/solo_learn.md gives it (YAML + overrides) fits through solo-learn."""
+    (row,) = [r for r in read_map() if r.run_name == run_name]
+    # one epoch of two steps: solo-learn's warm-up (10 of max_epochs epochs, in steps) then spans both steps, so the
+    # classifier's learning rate (warmed up from 0 in the random-encoder row) is above 0 at the second
+    overrides = [*row.overrides, "++max_epochs=1"]
+    model, start = check_two_step_fit(CONFIGS / row.config, overrides, tmp_path, monkeypatch)
+    end = dict(model.named_parameters())
+    moved = {n for n in end if not torch.equal(start[n], end[n])}
+    if run_name == "table2-random-encoder":  # lr 0: only the online (and momentum) classifier learns
+        assert moved and all(n.startswith(("classifier.", "momentum_classifier.")) for n in moved), sorted(moved)
+        assert model.cfg.method_kwargs.proj_hidden_dim == 2 and model.knn_eval
+    else:
+        assert "backbone.conv1.weight" in moved
+    if run_name == "tableC8-projector-bn1":
+        assert model.feats_bn is not None and not model.bn1_on_backbone and model.knn_eval
+        assert "feats_bn.weight" in moved
+    if run_name == "table7-fixed-projector-lr4":  # beta 1: the target projector stays at its initial weights
+        assert not any(n.startswith("ema.copies.") for n in moved) and model.ema.paths == ["projector"]
+    if run_name == "table1-simclr-ema":
+        assert model.ema.paths == ["backbone", "projector"] and model.cfg.momentum.base_tau == 0.9
+
+
+class KNNBankReader(Callback):
+    """Reads solo-learn's kNN bank (training and validation features) just before it computes the accuracy."""
+
+    def __init__(self) -> None:
+        self.banks: list[tuple[torch.Tensor, ...]] = []
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module) -> None:  # runs before the model's own hook
+        if not trainer.sanity_checking:
+            knn = pl_module.knn
+            self.banks.append(tuple(torch.cat(getattr(knn, name)).clone() for name in (
+                "train_features", "train_targets", "test_features", "test_targets")))
+
+
+def paper_knn_top1(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
+    """The paper's KNN-1 written out in float64: the 20 nearest by euclidean distance on the raw features vote for
+    their class with weight 1 / (d + 1e-5); top-1 accuracy in percent."""
+    d = torch.cdist(test.double(), train.double())
+    dist, idx = d.topk(min(20, len(train)), dim=1, largest=False)
+    scores = torch.zeros(len(test), int(train_y.max()) + 1, dtype=torch.float64)
+    scores.scatter_add_(1, train_y[idx], 1 / (dist + 1e-5))
+    return (scores.argmax(1) == test_y).double().mean().item() * 100
+
+
+def test_paper_knn_inside_solo_learn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Table C.8's KNN-1 inside solo-learn: the row tableC8-projector (kNN on) through main_pretrain with a validation
+    set logs solo-learn's val_knn_acc1, which is the paper's metric on solo-learn's bank (both large crops of every
+    training step of the epoch, then the validation features): the formula written out, and the engine's
+    ``--knn_metric paper`` (solo_ema.engine.knn), give the same accuracy."""
+    from solo_ema.engine.knn import knn_accuracy
+
+    (row,) = [r for r in read_map() if r.run_name == "tableC8-projector"]
+    train = image_folder(tmp_path / "train", classes=5)
+    val = image_folder(tmp_path / "val", classes=5, per_class=3, size=40)
+    argv = small_argv(CONFIGS / row.config, train, row.overrides, "++max_epochs=1", "++limit_train_batches=2",
+                      f"++data.val_path={val}", "++checkpoint.enabled=False", "++auto_resume.enabled=False")
+    reader = KNNBankReader()
+    recorder = FitRecorder(monkeypatch, [reader])
+    run(argv, monkeypatch, tmp_path)
+    (trainer, model, _), = recorder.runs
+    assert model.knn_eval and (model.knn.k, model.knn.distance_fx) == (20, "euclidean")
+    (bank,) = reader.banks
+    train_x, train_y, test_x, test_y = bank
+    assert train_x.shape == (2 * 2 * BATCH, model.features_dim) and len(test_x) == 15  # 2 steps x 2 crops; 15 images
+    expected = paper_knn_top1(*bank)
+    engine, _ = knn_accuracy(train_x, train_y, test_x, test_y, 5, k=20, distance="paper")
+    assert float(trainer.callback_metrics["val_knn_acc1"]) == pytest.approx(expected) == pytest.approx(engine)
+    assert not model.knn.train_features  # solo-learn's compute emptied the bank for the next epoch
 
 
 def test_console_entry_runs_solo_learns_main_pretrain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The CLI with a shipped config and a relative --config-path on an image folder: one epoch, a checkpoint."""
-    train = _image_folder(tmp_path / "train", size=32)
+    train = image_folder(tmp_path / "train", size=32)
     config_path = os.path.relpath(CONFIGS / "cifar", tmp_path)
     argv = [
         "--solo_root",

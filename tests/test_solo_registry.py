@@ -96,12 +96,18 @@ def test_import_registers_the_six_variants(standin):
     registry = modules["solo.methods"].METHODS
     assert [n for n in registry if n.endswith("_ema")] == EMA_NAMES
     assert set(plugin.CLASSES) == set(EMA_NAMES)
+    base = modules["solo.methods.base"].BaseMomentumMethod
+    # BN1's features sit between the solo-learn method class and its BaseMomentumMethod (solo-learn's own head
+    # code runs on them); SimCLR and SimSiam gain BaseMomentumMethod through them
+    features = plugin.features_base(base)
+    below = (features, plugin.BN1FeaturesMixin, base, modules["solo.methods.base"].BaseMethod)
     for method in MOMENTUM_METHODS:
         cls = registry[f"{method}_ema"]
-        assert cls.__mro__[1:3] == (plugin.PartialEMAMixin, registry[method])
-    base = modules["solo.methods.base"].BaseMomentumMethod
-    assert plugin.SimCLREMA.__mro__[1:5] == (plugin.SimCLREMAMixin, plugin.PartialEMAMixin, registry["simclr"], base)
-    assert plugin.SimSiamEMA.__mro__[1:5] == (plugin.SimSiamEMAMixin, plugin.PartialEMAMixin, registry["simsiam"], base)
+        assert cls.__mro__[1:] == (plugin.PartialEMAMixin, registry[method], *below, object)
+    assert plugin.SimCLREMA.__mro__[1:] == (plugin.SimCLREMAMixin, plugin.PartialEMAMixin, registry["simclr"], *below,
+                                            object)
+    assert plugin.SimSiamEMA.__mro__[1:] == (plugin.SimSiamEMAMixin, plugin.PartialEMAMixin, registry["simsiam"],
+                                             *below, object)
     assert plugin.DINOEMA._head == "head" and plugin.BYOLEMA._head == "projector"
     assert plugin.MoCoV2PlusEMA._normalize_target and plugin.ReSSLEMA._normalize_target
     assert not plugin.BYOLEMA._normalize_target and not plugin.SimCLREMA._normalize_target

@@ -19,12 +19,14 @@ if _IMPORT_ERROR is not None:
     raise _IMPORT_ERROR
 
 from .plugin import (  # noqa: E402
+    BN1FeaturesMixin,
     PartialEMAMixin,
     SimCLREMAMixin,
     SimSiamEMAMixin,
     build_ema_class,
     build_ema_classes,
     ema_name,
+    features_base,
 )
 from .registry import EMA_METHODS, register  # noqa: E402
 
@@ -38,6 +40,7 @@ SimCLREMA = CLASSES.get("simclr_ema")
 SimSiamEMA = CLASSES.get("simsiam_ema")
 
 __all__ = [
+    "BN1FeaturesMixin",
     "BYOLEMA",
     "CLASSES",
     "DINOEMA",
@@ -53,5 +56,6 @@ __all__ = [
     "build_ema_class",
     "build_ema_classes",
     "ema_name",
+    "features_base",
     "register",
 ]

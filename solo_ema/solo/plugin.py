@@ -18,19 +18,37 @@ What the mixin changes in a solo-learn momentum method, and nothing else:
 * ``momentum_forward``: ``self.ema.target(X)``, which starts from the captured online activation before
   the first EMA part (no second pass of the shared backbone), or from the images when the crop was not
   captured, touching no online BatchNorm statistics.
+* ``on_train_start``: solo-learn's, then its tau schedule put at the run's global step, so that a resumed run
+  (solo-learn's ``auto_resume`` / ``resume_from_checkpoint``) continues the schedule instead of restarting it at
+  ``base_tau`` (the EMA copies and ``ema.num_updates`` are in the checkpoint's state dict).
+
+Table C.8's BatchNorms, as in this project's engine (``method_kwargs``): ``bn_projector_out`` (BN2) appends a
+``BatchNorm1d`` named ``bn_out`` to the projector (DINO: to its head's MLP, on the bottleneck output), so it is
+part of the projector's momentum copy; ``bn_backbone_out`` (BN1) adds ``feats_bn``, a shared ``BatchNorm1d`` on
+the pooled backbone features, in the projector path only (``bn1_position: projector``) or on the backbone
+output that the classifier, the kNN and the projector all see (``bn1_position: backbone``). BN1 reaches
+solo-learn's own head code through :class:`BN1FeaturesMixin`, which sits between the solo-learn method class
+and ``BaseMomentumMethod`` in the MRO.
 
 solo-learn's losses, optimisers, schedulers, logging and the rest of the training loop run unchanged;
 SimCLR and SimSiam (no momentum in solo-learn) additionally get ``BaseMomentumMethod`` in their bases
 and a ``training_step`` with the EMA target (this project's losses, ``solo_ema.losses``).
 
+solo-learn's online kNN (``knn_eval``) is its own ``WeightedKNNClassifier``; where the installed torchmetrics (1.x)
+rejects the ``compute_on_step`` argument that solo-learn passes it, :func:`solo_knn` builds it without that
+argument (its ``update`` and ``compute`` unchanged).
+
 Only the core (``solo_ema.ema``) and ``solo_ema.losses`` of this project are imported here, never its
-Lightning engine or methods; solo-learn's ``gather`` is imported inside ``SimCLREMAMixin.training_step``,
-so the classes can be built over stand-ins where solo-learn is absent.
+Lightning engine or methods; solo-learn's ``gather`` and ``WeightedKNNClassifier`` are imported inside the
+functions that use them, so the classes can be built over stand-ins where solo-learn is absent.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -39,7 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ..ema import EMASpec, PartialEMA, config_parts, resnet_stages, spec_paths
+from ..ema import EMASpec, PartialEMA, Stage, config_parts, resnet_stages, spec_paths
 from ..losses import nt_xent, simsiam_loss
 
 #: solo-learn method name -> name of the method's head module (the part that 'projector' means)
@@ -57,6 +75,12 @@ NORMALIZED_TARGETS = frozenset({"mocov2plus", "ressl"})
 ADDS_MOMENTUM = frozenset({"simclr", "simsiam"})
 #: solo-learn's momentum modules that PartialEMA's copies replace (deleted after construction)
 SOLO_MOMENTUM_MODULES = ("momentum_backbone", "momentum_projector", "momentum_head")
+#: where BN1 sits (``method_kwargs.bn1_position``): the choices of the engine's defaults table
+BN1_POSITIONS = ("projector", "backbone")
+#: Table C.8's switches in ``method_kwargs`` and their defaults (BN1, BN2 off)
+BN_DEFAULTS: dict[str, Any] = {"bn_backbone_out": False, "bn_projector_out": False, "bn1_position": "projector"}
+#: the key under which BN1FeaturesMixin hands the features before BN1 to PartialEMAMixin's forward
+_FEATS_BEFORE_BN1 = "_feats_before_bn1"
 
 
 def ema_name(method: str) -> str:
@@ -68,6 +92,83 @@ def _ensure_node(cfg: DictConfig, key: str) -> None:
     """Create an empty config node at `key` when it is absent (solo-learn's yamls for SimCLR/SimSiam have none)."""
     if OmegaConf.select(cfg, key) is None:
         OmegaConf.update(cfg, key, {}, force_add=True)
+
+
+def check_bn_cfg(cfg: DictConfig) -> DictConfig:
+    """Fill Table C.8's switches in ``method_kwargs`` (BN1, BN2 off) and check ``bn1_position``."""
+    for key, default in BN_DEFAULTS.items():
+        if OmegaConf.select(cfg, f"method_kwargs.{key}") is None:
+            OmegaConf.update(cfg, f"method_kwargs.{key}", default, force_add=True)
+    k = cfg.method_kwargs
+    if k.bn1_position not in BN1_POSITIONS:
+        choices = ", ".join(BN1_POSITIONS)
+        raise ValueError(f"method_kwargs.bn1_position must be one of {choices}, got {k.bn1_position!r}")
+    if k.bn1_position != BN_DEFAULTS["bn1_position"] and not k.bn_backbone_out:
+        raise ValueError(
+            f"method_kwargs.bn1_position={k.bn1_position} places BN1, so it needs method_kwargs.bn_backbone_out=True"
+        )
+    return cfg
+
+
+def append_bn2(head: nn.Module, method: str, dim: int) -> None:
+    """BN2 of Table C.8: a BatchNorm1d(dim) named ``bn_out`` as the last layer of the projector.
+
+    DINO's head gets it at the end of its MLP (on the bottleneck output, before the L2 normalisation and the
+    prototypes), as the engine's DINO head does.
+    """
+    target = getattr(head, "mlp", None) if method == "dino" else head
+    if not isinstance(target, nn.Sequential):
+        raise ValueError(f"method_kwargs.bn_projector_out: the {method} head has no sequential projector to extend")
+    target.add_module("bn_out", nn.BatchNorm1d(dim))
+
+
+def encoder_stages(head: str, with_bn1: bool, bn1_on_backbone: bool) -> list[Stage]:
+    """The encoder as stages for PartialEMA: the ResNet, BN1 (``feats_bn``, shared) when on, then the head.
+
+    With BN1 on the backbone output, the features (``feats``) are taken after BN1, as the online ones.
+    """
+    stages = resnet_stages("backbone", head, between=["feats_bn"] if with_bn1 else [])
+    if bn1_on_backbone:
+        stages = [replace(s, output=None) if s.output == "feats" else s for s in stages]
+        stages = [replace(s, output="feats") if s.path == "feats_bn" else s for s in stages]
+    return stages
+
+
+@functools.cache
+def _knn_without_compute_on_step(knn_class: type) -> type:
+    """solo-learn's kNN class with a constructor that does not hand ``compute_on_step`` to torchmetrics' Metric.
+
+    It sets what solo-learn's ``__init__`` sets, with solo-learn's own defaults (read from its signature), and
+    keeps its ``update`` and ``compute``.
+    """
+    defaults = {n: p.default for n, p in inspect.signature(knn_class.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def __init__(self, k: int = defaults["k"], distance_fx: str = defaults["distance_fx"]) -> None:
+        super(knn_class, self).__init__(dist_sync_on_step=defaults["dist_sync_on_step"])  # torchmetrics' Metric
+        self.k, self.T, self.distance_fx = k, defaults["T"], distance_fx
+        self.max_distance_matrix_size, self.epsilon = defaults["max_distance_matrix_size"], defaults["epsilon"]
+        for state in ("train_features", "train_targets", "test_features", "test_targets"):
+            self.add_state(state, default=[], persistent=False)
+
+    return type(knn_class.__name__, (knn_class,), {"__init__": __init__, "__module__": __name__,
+                                                   "__doc__": knn_class.__doc__})
+
+
+def solo_knn(k: int, distance: str) -> nn.Module:
+    """solo-learn's online kNN, ``WeightedKNNClassifier(k=k, distance_fx=distance)``.
+
+    solo-learn passes torchmetrics' Metric ``compute_on_step=False``, which torchmetrics 1.x no longer accepts;
+    there it is built without it (:func:`_knn_without_compute_on_step`): the same class's update and compute.
+    """
+    from solo.utils.knn import WeightedKNNClassifier  # solo-learn's own; this module is built without solo-learn
+
+    try:
+        return WeightedKNNClassifier(k=k, distance_fx=distance)
+    except ValueError as err:
+        if "compute_on_step" not in str(err):
+            raise
+    return _knn_without_compute_on_step(WeightedKNNClassifier)(k=k, distance_fx=distance)
 
 
 def _detach_weight_norm_caches(module: nn.Module) -> None:
@@ -102,11 +203,14 @@ class PartialEMAMixin:
         list of part names; it is stored back as the canonical string, the one key this project's engine and
         analysis tools read too (``solo_ema.ema.config_parts``: a config that already holds it is read, not
         resolved again). ``base_tau = final_tau = 0`` means the target shares every part (spec 'none').
+        Table C.8's ``method_kwargs.bn_backbone_out`` / ``bn_projector_out`` / ``bn1_position`` get their defaults
+        (off, off, 'projector') and are checked (:func:`check_bn_cfg`).
         """
         _ensure_node(cfg, "momentum")
         cfg = cls._solo_base.add_and_assert_specific_cfg(cfg)
         if cls._adds_momentum:
             cfg = cls._momentum_base.add_and_assert_specific_cfg(cfg)
+        cfg = check_bn_cfg(cfg)
         spec = config_parts(
             OmegaConf.select(cfg, "momentum.parts", default=None),
             OmegaConf.select(cfg, "momentum.base_tau"),
@@ -117,7 +221,19 @@ class PartialEMAMixin:
 
     # construction ------------------------------------------------------------------------------
     def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg)
+        # solo-learn builds its kNN in its __init__ when knn_eval.enabled; it is built here instead (solo_knn), so
+        # that it also builds where torchmetrics rejects an argument solo-learn passes it
+        knn = bool(OmegaConf.select(cfg, "knn_eval.enabled", default=False))
+        if knn:
+            cfg.knn_eval.enabled = False
+        try:
+            super().__init__(cfg)
+        finally:
+            if knn:
+                cfg.knn_eval.enabled = True
+        if knn:
+            self.knn_eval = True
+            self.knn = solo_knn(self.cfg.knn_eval.k, self.cfg.knn_eval.distance_func)
         # PartialEMA's copies replace solo-learn's momentum modules: drop those before the model
         # ever reaches a device (a shared-backbone spec then keeps no second backbone at all)
         for name in SOLO_MOMENTUM_MODULES:
@@ -129,21 +245,69 @@ class PartialEMAMixin:
                 f"{type(self).__name__}: partial EMA (momentum.parts) needs a ResNet backbone, "
                 f"got backbone.name={self.cfg.backbone.name}"
             )
+        k = self.cfg.method_kwargs
+        # BN1 (shared: never a momentum part) and BN2 (the projector's last layer, so in its copy), as the engine
+        self.feats_bn = nn.BatchNorm1d(self.features_dim) if k.bn_backbone_out else None
+        self.bn1_on_backbone = self.feats_bn is not None and k.bn1_position == "backbone"
         head = getattr(self, self._head)
+        if k.bn_projector_out:
+            append_bn2(head, self._method, k.proj_output_dim)
         _detach_weight_norm_caches(head)
         self.ema_spec = EMASpec.from_canonical(self.cfg.momentum.parts)  # resolved by add_and_assert_specific_cfg
         self.ema = PartialEMA(
             self,
-            resnet_stages("backbone", self._head),
+            encoder_stages(self._head, self.feats_bn is not None, self.bn1_on_backbone),
             spec_paths(self.ema_spec, "backbone", self._head),
             self.cfg.momentum.base_tau,
             self.cfg.momentum.final_tau,
         )
 
     @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        """solo-learn's parameter groups, plus BN1's when it is on."""
+        params = super().learnable_params
+        if self.feats_bn is not None:
+            params.append({"name": "feats_bn", "params": self.feats_bn.parameters()})
+        return params
+
+    # BN1: BN1FeaturesMixin (below solo-learn's method class) hands BN1's output to solo-learn's head code; for the
+    # projector reading, the features the classifier and the kNN see are put back to those before BN1 here
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
+        """solo-learn's forward of the method; ``feats`` are the features before BN1 unless it sits on the backbone."""
+        out = super().forward(X)
+        before = out.pop(_FEATS_BEFORE_BN1, None)
+        if before is not None:
+            out["feats"] = before
+        return out
+
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
+        """solo-learn's forward of a small crop, with ``feats`` as in :meth:`forward`."""
+        out = super().multicrop_forward(X)
+        before = out.pop(_FEATS_BEFORE_BN1, None)
+        if before is not None:
+            out["feats"] = before
+        return out
+
+    @property
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, momentum copy) pairs of the EMA parts only; solo-learn's MomentumUpdater averages them."""
         return self.ema.pairs()
+
+    def on_train_start(self) -> None:
+        """solo-learn's, then its tau schedule put at the run's global step (past 0 after a resume).
+
+        solo-learn keeps the tau of the next update on its ``MomentumUpdater`` only, not in the checkpoint, so a
+        resumed run would take its first update with ``base_tau``; here the schedule resumes where it stood:
+        the next update at global step k uses solo-learn's ``update_tau(k)``, and ``ema.last_tau`` is
+        ``update_tau(k - 1)``, the tau of the last update before the stop.
+        """
+        super().on_train_start()
+        step, steps = self.trainer.global_step, self.trainer.estimated_stepping_batches
+        if step > 0:
+            updater = self.momentum_updater
+            updater.update_tau(cur_step=step - 1, max_steps=steps)
+            self.ema.last_tau = updater.cur_tau
+            updater.update_tau(cur_step=step, max_steps=steps)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """solo-learn's EMA update (its MomentumUpdater over momentum_pairs), counted on the core's counters."""
@@ -179,6 +343,38 @@ class PartialEMAMixin:
         out = self.ema.target(X, self._to_input)
         z = F.normalize(out["z"], dim=-1) if self._normalize_target else out["z"]
         return {"feats": out["feats"], "z": z}
+
+
+class BN1FeaturesMixin:
+    """BN1 between solo-learn's backbone and its head code: ``forward`` / ``multicrop_forward`` of BaseMethod.
+
+    Built over solo-learn's BaseMomentumMethod and placed after the solo-learn method class in the MRO, so the
+    method's own ``forward`` (its projector, predictor or DINO head on ``out["feats"]``) runs unchanged on BN1's
+    output. With ``bn1_position: projector`` the features before BN1 travel under a private key, and
+    :class:`PartialEMAMixin` puts them back as ``feats`` (what the classifier, the kNN and the losses' logging
+    see); the classifier is trained on them here. Without BN1 both are solo-learn's.
+    """
+
+    def _features(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(self._to_input(X))
+        normed = self.feats_bn(feats)
+        if self.bn1_on_backbone:
+            return {"feats": normed}
+        return {"feats": normed, _FEATS_BEFORE_BN1: feats}
+
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
+        """Backbone, BN1 and the online classifier on the features it reads (detached)."""
+        if self.feats_bn is None:
+            return super().forward(X)
+        out = self._features(X)
+        out["logits"] = self.classifier(out.get(_FEATS_BEFORE_BN1, out["feats"]).detach())
+        return out
+
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
+        """Backbone and BN1 of a small crop."""
+        if self.feats_bn is None:
+            return super().multicrop_forward(X)
+        return self._features(X)
 
 
 class SimCLREMAMixin(PartialEMAMixin):
@@ -247,12 +443,25 @@ _CLASS_NAMES = {
 }
 
 
+_FEATURE_BASES: dict[type, type] = {}
+
+
+def features_base(momentum_base: type) -> type:
+    """:class:`BN1FeaturesMixin` over solo-learn's BaseMomentumMethod (one class per momentum base)."""
+    if momentum_base not in _FEATURE_BASES:
+        attrs = {"__module__": __name__, "__doc__": BN1FeaturesMixin.__doc__}
+        _FEATURE_BASES[momentum_base] = type("BN1Features", (BN1FeaturesMixin, momentum_base), attrs)
+    return _FEATURE_BASES[momentum_base]
+
+
 def build_ema_class(method: str, solo_class: type, momentum_base: type) -> type:
     """The partial-EMA subclass of one solo-learn method class.
 
-    Momentum methods become ``class XEMA(PartialEMAMixin, X)``; SimCLR and SimSiam become
-    ``class XEMA(XEMAMixin, X, BaseMomentumMethod)`` (solo-learn's BaseMomentumMethod then supplies
-    the momentum classifier, the MomentumUpdater and its hooks).
+    Momentum methods become ``class XEMA(PartialEMAMixin, X, BN1Features)``; SimCLR and SimSiam become
+    ``class XEMA(XEMAMixin, X, BN1Features)``. ``BN1Features`` (:func:`features_base`) derives from solo-learn's
+    BaseMomentumMethod, so the MRO is ``XEMA, mixins, X, BN1Features, BN1FeaturesMixin, BaseMomentumMethod,
+    BaseMethod``: solo-learn's BaseMomentumMethod supplies SimCLR's and SimSiam's momentum classifier,
+    MomentumUpdater and hooks.
     """
     if method not in HEADS:
         raise KeyError(f"no partial-EMA variant for '{method}'; known: {', '.join(HEADS)}")
@@ -260,7 +469,7 @@ def build_ema_class(method: str, solo_class: type, momentum_base: type) -> type:
     adds = method in ADDS_MOMENTUM
     if not adds and not issubclass(solo_class, momentum_base):
         raise TypeError(f"{solo_class.__name__} is expected to derive from {momentum_base.__name__}")
-    bases = (mixin, solo_class, momentum_base) if adds else (mixin, solo_class)
+    bases = (mixin, solo_class, features_base(momentum_base))
     attrs = {
         "__module__": __name__,
         "__doc__": f"solo-learn's {solo_class.__name__} with partial EMA (momentum.parts); registered as "
