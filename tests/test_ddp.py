@@ -184,25 +184,33 @@ def _concatenated_batch(r0: dict, r1: dict) -> list:
     return [torch.cat([i0, i1]), [torch.cat([a, b]) for a, b in zip(x0, x1, strict=True)], torch.cat([y0, y1])]
 
 
-def _one_process_step(out: Path, run: str, r0: dict, r1: dict, monkeypatch: pytest.MonkeyPatch):
-    """One training step of the single-process model on the concatenated batch: (model, its NCE loss, grads)."""
+def _one_process_step(out: Path, run: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """One training step of the single-process model on both ranks' concatenated first batch: the model after
+    backward (BN buffers updated, gradients set) and its SSL loss (SimCLR's NT-Xent, MoCo's mean InfoNCE)."""
     import solo_ema.methods.mocov2plus as mocov2plus
     import solo_ema.methods.simclr as simclr
 
     model = _reference_model(out, run)
     losses = []
-    for module, name in ((simclr, "nt_xent"), (mocov2plus, "moco_loss")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real: losses.append(real(*a)) or losses[-1])
-    with warnings.catch_warnings():
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        for module, name in ((simclr, "nt_xent"), (mocov2plus, "moco_loss")):
+            real = getattr(module, name)
+            patch.setattr(module, name, lambda *a, real=real: losses.append(real(*a)) or losses[-1])
         warnings.simplefilter("ignore")  # self.log without a trainer
-        model.training_step(_concatenated_batch(r0, r1), 0).backward()
-    return model, sum(losses) / (len(losses) if run.startswith("moco") else 1), dict(model.named_parameters())
+        model.training_step(_concatenated_batch(*_load(out, run, 1)), 0).backward()
+    return model, sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def one_process(ddp_out: Path):
+    """``one_process(run)``: the single-process reference step of a sync-BN run (computed once per run)."""
+    done: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
+    return lambda run: done[run] if run in done else done.setdefault(run, _one_process_step(ddp_out, run))
 
 
 @pytest.mark.parametrize("run", ["simclr-syncbn", "mocov2plus-syncbn"])
 def test_sync_bn_gradients_averaged_by_ddp_equal_one_process_on_the_concatenated_batch(
-    ddp_out: Path, run: str, monkeypatch: pytest.MonkeyPatch
+    ddp_out: Path, one_process, run: str
 ) -> None:
     """SimCLR ``--ema_parts projector`` and MoCo v2+ ``all``, both with ``--sync_batchnorm``: step 1 on two
     processes (4 images each) equals one process on the concatenated 8-image batch.
@@ -219,7 +227,8 @@ def test_sync_bn_gradients_averaged_by_ddp_equal_one_process_on_the_concatenated
     assert r0["grads"].keys() == r1["grads"].keys() and len(r0["grads"]) > 60
     for name, grad in r0["grads"].items():
         assert torch.equal(grad, r1["grads"][name]), name
-    model, loss, params = _one_process_step(ddp_out, run, r0, r1, monkeypatch)
+    model, loss = one_process(run)
+    params = dict(model.named_parameters())
     assert {n for n, p in params.items() if p.grad is not None} == r0["grads"].keys()
     for name, grad in r0["grads"].items():
         expected = params[name].grad
@@ -230,11 +239,11 @@ def test_sync_bn_gradients_averaged_by_ddp_equal_one_process_on_the_concatenated
         for r in (r0, r1):
             torch.testing.assert_close(r["candidates"], torch.cat(teachers), rtol=0, atol=0)
         assert float(r0["nce_loss"] + r1["nce_loss"]) / 2 == pytest.approx(float(loss), rel=1e-5)
-        assert _logged(ddp_out, run, "train_nce_loss_step")[0] == pytest.approx(float(loss), rel=1e-5)
+    assert _logged(ddp_out, run, "train_nce_loss_step")[0] == pytest.approx(float(loss), rel=1e-5)
 
 
 def test_sync_bn_keeps_every_bn_buffer_identical_on_both_ranks_and_equal_to_one_process(
-    ddp_out: Path, monkeypatch: pytest.MonkeyPatch
+    ddp_out: Path, one_process
 ) -> None:
     """MoCo v2+ ``--ema_parts all --sync_batchnorm``: after each of the 2 steps, every BatchNorm buffer -- the
     momentum backbone's running_mean / running_var / num_batches_tracked and the online ones -- is bitwise the
@@ -251,9 +260,8 @@ def test_sync_bn_keeps_every_bn_buffer_identical_on_both_ranks_and_equal_to_one_
         assert len(momentum) == 60 and len(r0["bn_buffers"]) == 120
         for key, value in r0["bn_buffers"].items():
             assert torch.equal(value, r1["bn_buffers"][key]), (step, key)
-    r0, r1 = _load(ddp_out, run, 1)
-    model, _, _ = _one_process_step(ddp_out, run, r0, r1, monkeypatch)
-    reference = model.state_dict()
+    r0, _ = _load(ddp_out, run, 1)
+    reference = one_process(run)[0].state_dict()
     for key, value in r0["bn_buffers"].items():
         expected = reference[key]
         if key.endswith("num_batches_tracked"):
