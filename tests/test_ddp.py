@@ -1,6 +1,9 @@
-"""Two-process DDP on CPU (one launch, four methods): momentum state stays identical on both processes; the
-queues hold both ranks' keys in rank order; DINO's centre is the mean over both ranks' teacher outputs; SimCLR's
-gathered loss is the single-process loss of the concatenated batch."""
+"""Two-process DDP on CPU (gloo), every case in one launch of scripts/ddp_run.py: momentum state stays identical
+on both processes; the queues hold both ranks' keys in rank order; DINO's centre is the mean over both ranks'
+teacher outputs; SimCLR's gathered loss is the single-process loss of the concatenated batch; with
+--sync_batchnorm (solo-ema's CPU synchronisation) SimCLR's and MoCo v2+'s gradients and every BatchNorm buffer are
+those of one process on the concatenated batch; the logged kNN accuracy is that of both ranks' banks; a resumed
+two-process run ends bitwise equal to the uninterrupted one."""
 
 from __future__ import annotations
 

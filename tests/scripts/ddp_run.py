@@ -7,10 +7,11 @@ tests/test_ddp.py compares to OUT/<run>/:
   (``--ema_parts all --sync_batchnorm --knn_metric cosine``): also the model's state before the first step, that
   step's batch and its gradients after backward (as DDP averaged them), every BatchNorm buffer after each step,
   and the features and labels behind the kNN figure (training features of each step, validation features);
-- resume-straight, resume-split (preempted at step 3, after its checkpoint), resume-resumed (``--seed 6
+- resume-straight, resume-split (killed as step 4 starts, after the checkpoint of step 3), resume-resumed (``--seed 6
   --auto_resume``): MoCo v2+ ``all`` in deterministic mode, a digest of every tensor each rank ends with
   (model, optimizer, schedule) and the image indexes each rank trained on;
-- syncbn-unit: CPUSyncBatchNorm on each rank's own random batch: inputs, outputs, gradients, running statistics.
+- syncbn-unit (after a run: it uses the runs' process group): CPUSyncBatchNorm2d on each rank's own random batch,
+  its inputs, outputs, gradients and running statistics.
 
 Lightning re-runs this script for rank 1. FOLDER is a custom image folder (16-pixel crops), IDX a folder of
 Fashion-MNIST-format idx files (32x32 images, validated at that size) for the runs with the kNN on.
@@ -141,7 +142,12 @@ class Dump(pl.Callback):
 
 
 class KNNFeatures(pl.Callback):
-    """The online features behind the kNN figure: every training forward of the epoch and every validation one."""
+    """The online features behind the kNN figure: every training forward of the epoch and every validation one.
+
+    It also makes every BatchNorm keep its running statistics as the mean over all batches (momentum None): after
+    2 steps the evaluation-mode validation features are then close to the training-mode ones (with momentum 0.1
+    they still lean on the initial 0 / 1), so an image's nearest training feature is its own crop's.
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -150,9 +156,9 @@ class KNNFeatures(pl.Callback):
         self.val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for module in pl_module.modules():  # running statistics as the mean of every batch's: after 4 steps the
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # validation features are close to the
-                module.momentum = None  # training ones (with momentum 0.1 they still lean on the initial 0 / 1)
+        for module in pl_module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = None
         features = pl_module.features
 
         def recording_features(X: torch.Tensor) -> torch.Tensor:
