@@ -283,8 +283,8 @@ def test_without_sync_bn_parameters_agree_across_ranks_but_bn_statistics_are_eac
     and the optimizer state agree bitwise across ranks; the BN running statistics (online and momentum) do not.
 
     This is expected, as in solo-learn: training-mode BN normalises with each rank's own batch, so each rank's
-    running statistics follow its own images (DDP copies rank 0's buffers to the others before each forward,
-    so they differ by the last step only); a checkpoint holds rank 0's. Pass --sync_batchnorm to share them.
+    running statistics follow its own images. DDP copies rank 0's buffers to the others at each forward, so
+    they differ by the last step's update only; a checkpoint holds rank 0's. --sync_batchnorm shares them.
     """
     s0, s1 = (d["state"] for d in _resume_dumps(ddp_out, "resume-straight"))
     assert s0.keys() == s1.keys()
@@ -299,7 +299,8 @@ def test_two_process_resume_under_another_seed_ends_bitwise_equal_on_both_ranks(
     checkpoint of step 3, then resumed with --seed 6 --auto_resume. Each rank trains on exactly the rest of its
     own shard (the first part's seed, the epoch's remaining batch, then epoch 1) and ends with every tensor --
     online and momentum weights, BN buffers, queue, EMA step, optimizer state, lr -- bitwise equal to that rank's
-    uninterrupted run (CPU, deterministic)."""
+    uninterrupted run (CPU, deterministic). Rank 1 resumes from rank 0's checkpoint, BN statistics included, and
+    still ends equal: DDP gives every rank rank 0's buffers at the next forward, as in the uninterrupted run."""
     straight = _resume_dumps(ddp_out, "resume-straight")
     split = _resume_dumps(ddp_out, "resume-split")
     resumed = _resume_dumps(ddp_out, "resume-resumed")
