@@ -279,7 +279,7 @@ def _resume_dumps(out: Path, run: str) -> list[dict]:
 
 
 def test_without_sync_bn_parameters_agree_across_ranks_but_bn_statistics_are_each_ranks_own(ddp_out: Path) -> None:
-    """MoCo v2+ ``all`` without --sync_batchnorm, after 6 steps: every parameter (online and momentum), the queue
+    """MoCo v2+ ``all`` without --sync_batchnorm, after 5 steps: every parameter (online and momentum), the queue
     and the optimizer state agree bitwise across ranks; the BN running statistics (online and momentum) do not.
 
     This is expected, as in solo-learn: training-mode BN normalises with each rank's own batch, so each rank's
@@ -295,7 +295,7 @@ def test_without_sync_bn_parameters_agree_across_ranks_but_bn_statistics_are_eac
 
 
 def test_two_process_resume_under_another_seed_ends_bitwise_equal_on_both_ranks(ddp_out: Path) -> None:
-    """MoCo v2+ ``all`` on 2 processes, 6 steps over 2 epochs (4 + 2): killed as step 4 starts, after the
+    """MoCo v2+ ``all`` on 2 processes, 5 steps over 2 epochs (4 + 1): killed as step 4 starts, after the
     checkpoint of step 3, then resumed with --seed 6 --auto_resume. Each rank trains on exactly the rest of its
     own shard (the first part's seed, the epoch's remaining batch, then epoch 1) and ends with every tensor --
     online and momentum weights, BN buffers, queue, EMA step, optimizer state, lr -- bitwise equal to that rank's
@@ -308,10 +308,10 @@ def test_two_process_resume_under_another_seed_ends_bitwise_equal_on_both_ranks(
     assert sorted(epoch0) == list(range(32)), "the ranks share epoch 0's images"
     for rank in range(WORLD):
         seen = straight[rank]["batches"]
-        assert len(seen) == 6 and split[rank]["state"] is None
+        assert len(seen) == 5 and split[rank]["state"] is None
         assert split[rank]["batches"] == seen[:3] and resumed[rank]["batches"] == seen[3:]
         got, expected = resumed[rank]["state"], straight[rank]["state"]
-        assert got["global_step"] == 6 and len(expected) > 300 and got.keys() == expected.keys()
+        assert got["global_step"] == 5 and len(expected) > 300 and got.keys() == expected.keys()
         different = [k for k in expected if got[k] != expected[k]]
         assert not different, f"rank {rank}: {len(different)} of {len(expected)} entries differ: {different[:4]}"
 

@@ -40,7 +40,7 @@ TINY = ["--proj_hidden_dim", "32", "--proj_output_dim", "16"]
 # unaugmented, so a validation image's nearest training feature is its own crop's when both ranks' banks are searched.
 KNN = ["--dataset", "fashion_mnist", "--crop_size", "32", "--min_scale", "1.0", "--color_jitter_prob", "0",
        "--gray_scale_prob", "0", "--horizontal_flip_prob", "0", "--knn_k", "1", "--limit_val_batches", "1.0"]
-RESUME = ["--ema_parts", "all", *TINY, "--queue_size", "32", "--max_epochs", "2", "--max_steps", "6"]
+RESUME = ["--ema_parts", "all", *TINY, "--queue_size", "32", "--max_epochs", "2", "--max_steps", "5"]
 RUNS: dict[str, tuple[str, list[str]]] = {
     "mocov2plus": ("mocov2plus", ["--ema_parts", "projector", *TINY, "--queue_size", "32", "--max_steps", "3"]),
     "dino": ("dino", ["--ema_parts", "projector", *TINY, "--num_prototypes", "64", "--max_steps", "2"]),
