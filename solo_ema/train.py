@@ -29,6 +29,7 @@ from .engine.reliability import (
     RNGState,
     TrainingPosition,
 )
+from .engine.sync_bn import CPUSyncBatchNorm
 from .errors import UsageError
 from .methods import build_model
 
@@ -136,8 +137,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
             )
         )
     drop_lightning_tips()  # Lightning's litlogger advertisement; its other messages and warnings stay
+    # torch's SyncBatchNorm runs only on accelerators: on CPU solo-ema's LayerSync synchronises the BatchNorms
+    cpu_sync = bool(cfg.sync_batchnorm) and not uses_gpu(cfg)
     return pl.Trainer(
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *([CPUSyncBatchNorm()] if cpu_sync else [])],
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
         devices=cfg.devices,
@@ -146,7 +149,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
         strategy=cfg.strategy,
         precision=resolve_precision(cfg),
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        sync_batchnorm=cfg.sync_batchnorm,
+        sync_batchnorm=bool(cfg.sync_batchnorm) and not cpu_sync,
         limit_val_batches=cfg.limit_val_batches,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         num_sanity_val_steps=0,

@@ -156,6 +156,7 @@ class PartialEMA(nn.Module):
     # and ema.clear() at the end of a batch. Forwards outside capture() leave nothing behind.
     def _attach_capture_hooks(self) -> list:
         hooks = []
+        self._hooked: list[tuple[str, nn.Module]] = []  # (path, module) of every hooked online module
         if self.shares_input:
             first = get_module(self.root, self.stages[self.first].path)
 
@@ -164,6 +165,7 @@ class PartialEMA(nn.Module):
                     self._recording["input"] = args[0].detach()
 
             hooks.append(first.register_forward_pre_hook(keep_input))
+            self._hooked.append((self.stages[self.first].path, first))
         for stage in self.stages[: self._stop]:
             if stage.output is None:
                 continue
@@ -172,8 +174,17 @@ class PartialEMA(nn.Module):
                 if self._recording is not None:
                     self._recording[name] = out.detach()
 
-            hooks.append(get_module(self.root, stage.path).register_forward_hook(keep_output))
+            module = get_module(self.root, stage.path)
+            hooks.append(module.register_forward_hook(keep_output))
+            self._hooked.append((stage.path, module))
         return hooks
+
+    def _refresh_hooks(self) -> None:
+        """Hook the online modules again when one at a hooked path was replaced (e.g. sync-BN conversion)."""
+        if self._hooks and any(get_module(self.root, path) is not module for path, module in self._hooked):
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = self._attach_capture_hooks()
 
     @property
     def _stop(self) -> int:
@@ -182,9 +193,14 @@ class PartialEMA(nn.Module):
 
     @contextmanager
     def capture(self, X: torch.Tensor) -> Iterator[None]:
-        """Record, for the target pass of crop X, what the online pass of X inside this block computes."""
+        """Record, for the target pass of crop X, what the online pass of X inside this block computes.
+
+        An online module replaced at a hooked path since the last capture (as a sync-BN conversion replaces
+        every BatchNorm) is hooked again first.
+        """
         if self._recording is not None:
             raise RuntimeError("PartialEMA.capture: already capturing another crop")
+        self._refresh_hooks()
         self._recording = {}
         try:
             yield
