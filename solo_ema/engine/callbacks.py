@@ -30,6 +30,10 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._start)
         pl_module.log("step_time", self.times[-1], on_step=True, on_epoch=False)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch clock (Lightning skips on_train_epoch_start for the epoch a resumed run continues)."""
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the epoch clock."""
         self._epoch_start = time.perf_counter()
