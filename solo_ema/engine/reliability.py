@@ -298,7 +298,8 @@ class _ResumableWriter(ExperimentWriter):
             fieldnames = list(reader.fieldnames or [])
         self.metrics_keys = sorted(fieldnames)
         # rows logged after the checkpoint by the interrupted process: the resume logs them again
-        keep = [r for r in rows if self._resume_step is None or not r.get("step") or int(r["step"]) < self._resume_step]
+        keep = [r for r in rows if self._resume_step is None or not r.get("step")
+                or int(float(r["step"])) < self._resume_step]
         if len(keep) < len(rows):
             _write_rows_atomically(self.metrics_file_path, fieldnames, keep)
 
@@ -309,15 +310,14 @@ class _ResumableWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSV logger, written to disk at every logging step and resumable.
+    """Lightning's CSV logger (Lightning writes the file at every logging step), resumable.
 
     With ``append`` (a resumed run) it appends to metrics.csv instead of deleting it, after dropping the rows of
     steps from ``resume_step`` on (the checkpoint's optimizer step: rows the interrupted process logged after
-    its checkpoint, which the resumed run logs again). A kill loses no row already logged.
+    its checkpoint, which the resumed run logs again).
     """
 
     def __init__(self, *args: Any, append: bool = False, resume_step: int | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("flush_logs_every_n_steps", 1)
         super().__init__(*args, **kwargs)
         self.append, self.resume_step = append, resume_step
 
