@@ -78,7 +78,7 @@ class Config:
     copy: Point = Point(2, 2, "epoch-boundary")
     kill: Point = Point(3, 3, "mid-epoch")
     batch_size: int = 8
-    checkpoints: tuple[str, ...] = ("--save_checkpoint", "--checkpoint_every_n_steps", "1")
+    checkpoints: tuple[str, ...] = tuple(CHECKPOINTS)
 
 
 QUEUE = ("--queue_size", "32")

@@ -169,7 +169,8 @@ class EpochMeans(pl.Callback):
         for key, metric in (results or {}).items():
             meta = getattr(metric, "meta", None)
             if getattr(metric, "is_tensor", False) and meta is not None and meta.on_epoch:
-                kind = next((k for k in ("mean", "sum", "max", "min") if getattr(meta, f"is_{k}_reduction")), None)
+                kinds = [k for k in ("mean", "sum", "max", "min") if getattr(meta, f"is_{k}_reduction", False)]
+                kind = kinds[0] if kinds else None
                 if kind is not None:
                     out[key] = (metric, kind)
         return out
