@@ -131,8 +131,8 @@ def resumed_config(cfg: DictConfig, ckpt: str) -> tuple[DictConfig, int]:
     try:
         info = read_checkpoint_info(ckpt)
     except UnreadableCheckpointError as exc:
-        raise UsageError(f"{flag}: {exc}; nothing was changed (give another checkpoint with "
-                         "--resume_from_checkpoint)") from None
+        raise UsageError(f"{flag}: {exc}; nothing was changed, give another checkpoint with "
+                         "--resume_from_checkpoint") from None
     if info.seed != cfg.seed:
         rank_zero_warn(f"resuming {ckpt} under its seed {info.seed}; --seed {cfg.seed} applies to new runs only")
         cfg = copy.deepcopy(cfg)

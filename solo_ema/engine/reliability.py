@@ -8,6 +8,7 @@ import csv
 import os
 import random
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -233,6 +234,9 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     The file is memory-mapped (tensors are not read). Raises UnreadableCheckpointError, with the reason in one
     line, for a file torch cannot load or one without a training state.
     """
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end of the file
+        raise UnreadableCheckpointError(f"'{path}' is not a readable checkpoint (truncated or corrupt: not a complete "
+                                        "torch.save archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on damaged files
