@@ -532,6 +532,10 @@ class DevicePretrainLoader:
     def __iter__(self) -> Iterator[list]:
         """Batches of the current epoch past `skip_batches` (epoch and skip are read when the first batch is drawn;
         the skip applies once)."""
+        return self.batches()
+
+    def batches(self) -> Iterator[list]:
+        """The batches of the current epoch past `skip_batches`, each made (`batch`) when it is asked for."""
         start, self.skip_batches = self.skip_batches, 0
         indices = self.sampler.indices().to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(
