@@ -75,8 +75,8 @@ class Config:
     """
 
     flags: tuple[str, ...]
-    copy: Point = Point(2, 2, "epoch-boundary")
-    kill: Point = Point(3, 3, "mid-epoch")
+    copy: Point = Point(1, 1, "mid-epoch")
+    kill: Point = Point(2, 2, "epoch-boundary")
     batch_size: int = 8
     checkpoints: tuple[str, ...] = tuple(CHECKPOINTS)
 
@@ -88,8 +88,8 @@ CONFIGS = {
     # validates every epoch on a seeded subset of 4 images (the validation rows are compared too); checkpoints
     # at epoch ends only, after validation: the kill after micro-batch 2 resumes epoch 0's and replays batch 2
     "byol-projector": Config(("--ema_parts", "projector", "--optimizer", "sgd", "--limit_val_batches", "1.0",
-                              "--val_subset", "4"), kill=Point(3, 2, "killed-after-epoch-end-checkpoint"),
-                             checkpoints=("--save_checkpoint",)),
+                              "--val_subset", "4"), copy=Point(2, 2, "epoch-boundary"),
+                             kill=Point(3, 2, "killed-after-epoch-end-checkpoint"), checkpoints=("--save_checkpoint",)),
     # the teacher temperature warms up over the 2 epochs; the last layer is frozen in epoch 0
     "dino-all": Config(DINO),
     "dino-projector": Config((*DINO, "--ema_parts", "projector")),
@@ -109,7 +109,7 @@ CONFIGS = {
                            copy=Point(4, 4, "epoch-boundary"), kill=Point(7, 6, "inside-an-accumulation")),
     "device-data": Config(("--device_data",)),
     # ends at step 3, inside epoch 1
-    "max-steps": Config(("--max_steps", "3"), copy=Point(1, 1, "mid-epoch"), kill=Point(2, 2, "epoch-boundary")),
+    "max-steps": Config(("--max_steps", "3")),
 }
 
 
@@ -341,40 +341,40 @@ def _sigkill(child: subprocess.Popen) -> None:
 
 
 def test_sigkill_inside_a_step_resumes_bitwise(prepared, tmp_path: Path) -> None:
-    """A child process killed (SIGKILL) inside optimizer step 3, after the optimizer's update and before the EMA
-    update, leaves last.ckpt of step 3; --auto_resume under another seed trains step 3 again and ends bitwise
+    """A child process killed (SIGKILL) inside its second optimizer step, after the optimizer's update and before
+    the EMA update, leaves last.ckpt of step 1; --auto_resume under another seed trains from there and ends bitwise
     equal to the uninterrupted run, with its metrics.csv (every row on disk before the kill) equal too."""
     run = prepared(FAULTS)
     argv = argv_of(run.data, tmp_path, "killed", *run.flags, *CHECKPOINTS)
-    _sigkill(_start_fault(tmp_path, "step", 3, argv))
+    _sigkill(_start_fault(tmp_path, "step", 1, argv))
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert torch.load(last, weights_only=True)["global_step"] == 1
 
     seen = Batches()
     result = fit([*argv, "--auto_resume", "--seed", OTHER_SEED], seen)
-    assert seen.seen == run.batches[3:]
+    assert seen.seen == run.batches[1:]
     diff = differences(run.state, full_state(result))
     assert not diff, f"{len(diff)} entries differ, e.g. {diff[:6]}"
     assert metric_rows(result.run_dir) == run.rows, "metrics.csv lost or repeated rows"
 
 
 def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_last_ckpt(prepared, tmp_path: Path) -> None:
-    """A child killed while writing last.ckpt of step 3 (half of the file on disk) leaves last.ckpt of step 2
-    intact and a stray temporary file; --auto_resume ignores the stray file, resumes last.ckpt of step 2 and
+    """A child killed while writing last.ckpt of step 2 (half of the file on disk) leaves last.ckpt of step 1
+    intact and a stray temporary file; --auto_resume ignores the stray file, resumes last.ckpt of step 1 and
     ends bitwise equal to the uninterrupted run (metrics.csv too)."""
     run = prepared(FAULTS)
     argv = argv_of(run.data, tmp_path, "killed", *run.flags, *CHECKPOINTS)
-    # each step writes its epoch=E-step=S.ckpt, then last.ckpt: the 6th write is last.ckpt of step 3
-    _sigkill(_start_fault(tmp_path, "save", 6, argv))
+    # each step writes its epoch=E-step=S.ckpt, then last.ckpt: the 4th write is last.ckpt of step 2
+    _sigkill(_start_fault(tmp_path, "save", 4, argv))
     folder = tmp_path / "killed" / "checkpoints"
     stray = sorted(folder.glob(".tmp-*.ckpt"))
     assert len(stray) == 1 and 0 < stray[0].stat().st_size < (folder / "last.ckpt").stat().st_size
-    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 1
     assert resume_checkpoint(build_cfg([*argv, "--auto_resume"])) == str(folder / "last.ckpt")
 
     seen = Batches()
     result = fit([*argv, "--auto_resume", "--seed", OTHER_SEED], seen)
-    assert seen.seen == run.batches[2:]
+    assert seen.seen == run.batches[1:]
     diff = differences(run.state, full_state(result))
     assert not diff, f"{len(diff)} entries differ, e.g. {diff[:6]}"
     assert metric_rows(result.run_dir) == run.rows, "metrics.csv lost or repeated rows"
