@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,10 @@ def _fit(
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))
-    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
+    with warnings.catch_warnings():
+        if position is not None:  # TrainingPosition resumes the loader: Lightning's warning that it cannot is wrong
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
     cost = {**cost_logger.cost, **cost_logger.measured(trainer.num_training_batches)}
     print(format_cost(cost), flush=True)
     (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
