@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.callbacks import CostLogger, analysis_callbacks
@@ -24,16 +28,24 @@ from .engine.config import cfg_get
 from .engine.console import drop_lightning_tips
 from .engine.reliability import (
     AtomicCheckpointIO,
+    DataPosition,
+    EpochMeans,
     NonFiniteLossGuard,
     ResumableCSVLogger,
     RNGState,
     TrainingPosition,
+    UnreadableCheckpointError,
+    read_checkpoint_info,
 )
 from .engine.sync_bn import CPUSyncBatchNorm
 from .errors import UsageError
 from .methods import build_model
 
-__all__ = ["RunResult", "build_loaders", "build_trainer", "format_cost", "run_pretrain"]
+__all__ = ["RunResult", "build_loaders", "build_trainer", "format_cost", "resume_checkpoint", "resumed_config",
+           "run_pretrain"]
+
+#: the name of the periodic checkpoints (ModelCheckpoint's "{epoch}-{step}" filename)
+STEP_CHECKPOINT = re.compile(r"epoch=(?P<epoch>\d+)-step=(?P<step>\d+)\.ckpt")
 
 
 @dataclass
@@ -106,26 +118,71 @@ def build_loaders(cfg: DictConfig) -> tuple[torch.utils.data.DataLoader, torch.u
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from: --resume_from_checkpoint, else the run's last.ckpt with --auto_resume."""
+    """The checkpoint to resume from: --resume_from_checkpoint, else with --auto_resume the run's last.ckpt.
+
+    Without a last.ckpt (a run killed between the two files of its first checkpoint), --auto_resume takes the
+    newest ``epoch=E-step=S.ckpt`` beside it; temporary files of an interrupted write are never read.
+    """
     if cfg.checkpoint.get("resume_from"):
         return str(cfg.checkpoint.resume_from)
-    last = Path(cfg.checkpoint.dir) / "last.ckpt"
-    return str(last) if cfg.checkpoint.auto_resume and last.exists() else None
+    if not cfg.checkpoint.auto_resume:
+        return None
+    folder = Path(cfg.checkpoint.dir)
+    last = folder / "last.ckpt"
+    if last.exists():
+        return str(last)
+    saved = [(int(m["step"]), str(f)) for f in folder.glob("epoch=*-step=*.ckpt")
+             if (m := STEP_CHECKPOINT.fullmatch(f.name))]
+    return max(saved)[1] if saved else None
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, resuming: bool = False) -> pl.Trainer:
-    """A Lightning Trainer with a CSV logger in run_dir (and W&B when asked), atomic checkpoints, RNG state."""
+def resumed_config(cfg: DictConfig, ckpt: str) -> tuple[DictConfig, int]:
+    """The config of a run resumed from `ckpt` (the checkpoint's seed in place of --seed) and the checkpoint's step.
+
+    Subsets, order, augmentations and every other draw of the resumed run follow the run it continues. A file
+    that cannot be read is a UsageError naming the flag and the file (nothing is written or removed).
+    """
+    flag = "--resume_from_checkpoint" if cfg.checkpoint.get("resume_from") else "--auto_resume"
+    try:
+        info = read_checkpoint_info(ckpt)
+    except UnreadableCheckpointError as exc:
+        raise UsageError(f"{flag}: {exc}; nothing was changed, give another checkpoint with "
+                         "--resume_from_checkpoint") from None
+    if info.seed != cfg.seed:
+        rank_zero_warn(f"resuming {ckpt} under its seed {info.seed}; --seed {cfg.seed} applies to new runs only")
+        cfg = copy.deepcopy(cfg)
+        cfg.seed = info.seed
+    return cfg, info.global_step
+
+
+def data_position(cfg: DictConfig, train_loader: Any) -> DataPosition | None:
+    """What TrainingPosition positions: a device-data loader itself, a torchvision loader's EpochSampler;
+    None for DALI, whose reader keeps its own order."""
+    if cfg.data.get("format") == "device":
+        return train_loader
+    sampler = getattr(train_loader, "sampler", None)
+    return sampler if isinstance(sampler, EpochSampler) else None
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, resume_step: int | None = None
+) -> pl.Trainer:
+    """A Lightning Trainer with a CSV logger in run_dir (and W&B when asked), atomic checkpoints, RNG state.
+
+    `resume_step`: the optimizer step of the checkpoint a resumed run starts from (its metrics.csv is appended to).
+    """
     loggers: list[Any] = [
-        ResumableCSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="", append=resuming)
+        ResumableCSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="",
+                           append=resume_step is not None, resume_step=resume_step)
     ]
     if cfg.logging.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(name=cfg.name, project=cfg.logging.project, save_dir=str(run_dir)))
-    gpu, every = uses_gpu(cfg), log_every_n_steps(cfg)
+    gpu, log_every = uses_gpu(cfg), log_every_n_steps(cfg)
     # on a GPU nothing reads a device value back between metric writes: the loss check and the bar follow them
-    callbacks = [*callbacks, RNGState(), NonFiniteLossGuard(check_every=every if gpu else 1),
-                 StepProgressBar(refresh_rate=every if gpu else 1)]
+    callbacks = [*callbacks, RNGState(), EpochMeans(), NonFiniteLossGuard(check_every=log_every if gpu else 1),
+                 StepProgressBar(refresh_rate=log_every if gpu else 1)]
     if cfg.checkpoint.enabled:
         every = cfg.checkpoint.get("every_n_steps")
         # save_top_k=1 without a monitor keeps the newest {epoch}-{step}.ckpt; Lightning writes last.ckpt only
@@ -155,7 +212,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
         num_sanity_val_steps=0,
         logger=loggers,
         callbacks=callbacks,
-        log_every_n_steps=every,
+        log_every_n_steps=log_every,
         benchmark=True if gpu else None,  # cudnn picks the fastest kernels for the run's fixed shapes
         enable_checkpointing=bool(cfg.checkpoint.enabled),
         enable_model_summary=False,
@@ -164,20 +221,28 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, 
 
 
 def run_pretrain(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunResult:
-    """Pretrain one method from a resolved config; metrics go to <log_dir>/<name>/metrics.csv."""
+    """Pretrain one method from a resolved config; metrics go to <log_dir>/<name>/metrics.csv.
+
+    A resumed run (--auto_resume, --resume_from_checkpoint) runs under the checkpoint's seed.
+    """
+    ckpt, step = resume_checkpoint(cfg), None
+    if ckpt is not None:
+        cfg, step = resumed_config(cfg, ckpt)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.logging.log_dir) / cfg.name
     fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _fit(cfg, run_dir, extra_callbacks)
+        return _fit(cfg, run_dir, ckpt, step, extra_callbacks)
     except BaseException:
         if fresh and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # a run that failed before its first step leaves nothing
         raise
 
 
-def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None) -> RunResult:
+def _fit(
+    cfg: DictConfig, run_dir: Path, ckpt: str | None, step: int | None, extra_callbacks: list[pl.Callback] | None
+) -> RunResult:
     train_loader, val_loader = build_loaders(cfg)
     model = build_model(cfg)  # the run's one build (an EMASpecError here is a bad --ema_parts sub-part)
     if not cfg.performance.disable_channel_last and uses_gpu(cfg):
@@ -192,17 +257,18 @@ def _fit(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | No
     cost = cost_of_model(model)
     print(format_cost(cost), flush=True)
     cost_logger = CostLogger(cost, timer)
-    ckpt = resume_checkpoint(cfg)
     placement = [DevicePlacement(train_loader, val_loader)] if cfg.data.get("format") == "device" else []
-    sampler = getattr(train_loader, "sampler", None)
-    position = [TrainingPosition(sampler)] if isinstance(sampler, EpochSampler) else []
+    position = data_position(cfg, train_loader)
     trainer = build_trainer(
-        cfg, [*placement, timer, cost_logger, *position, *analysis, *(extra_callbacks or [])], run_dir,
-        resuming=ckpt is not None,
+        cfg, [*placement, timer, cost_logger, *([TrainingPosition(position)] if position else []), *analysis,
+              *(extra_callbacks or [])], run_dir, resume_step=step,
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "cost": cost}, indent=2, sort_keys=True))
-    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
+    with warnings.catch_warnings():
+        if position is not None:  # TrainingPosition resumes the loader: Lightning's warning that it cannot is wrong
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt)
     cost = {**cost_logger.cost, **cost_logger.measured(trainer.num_training_batches)}
     print(format_cost(cost), flush=True)
     (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))

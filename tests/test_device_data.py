@@ -196,6 +196,27 @@ def test_loader_batches_are_deterministic_under_a_seed_and_change_with_epoch():
     assert len(streams) == 8  # the augmentation stream depends on seed, rank and epoch
 
 
+def test_a_skip_continues_the_epoch_exactly_and_applies_once():
+    """skip_batches = b (a resumed epoch): the loader yields batches b.. of the uninterrupted epoch, images and
+    crops bitwise (the epoch's generator is fast-forwarded past the skipped batches' draws); the next iteration
+    is a whole epoch again. Also in a later epoch, and after set_epoch on an iterator made before it."""
+    for epoch in (0, 2):
+        whole = _loader()
+        whole.set_epoch(epoch)
+        expected = list(whole)
+        for skip in (1, 2):
+            resumed = _loader()
+            resumed.skip_batches = skip
+            batches = iter(resumed)
+            resumed.set_epoch(epoch)
+            got = list(batches)
+            assert len(got) == len(expected) - skip
+            for (ia, ca, ya), (ib, cb, yb) in zip(got, expected[skip:], strict=True):
+                assert torch.equal(ia, ib) and torch.equal(ya, yb)
+                assert all(torch.equal(x, y) for x, y in zip(ca, cb, strict=True))
+            assert len(list(resumed)) == len(expected), "the skip applies to one epoch only"
+
+
 def test_placed_loader_shards_by_rank_and_eval_loader_normalises():
     """place(): rank 1 of 2 draws its DistributedSampler shard; the eval loader yields normalised images."""
     loader = _loader(n=32).place("cpu", rank=1, world_size=2)

@@ -7,6 +7,9 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
+
+from solo_ema.losses import byol_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,6 +65,8 @@ CASES = {
     "block4+projector-acc2": (
         "block4+projector", ["backbone.layer4.0.downsample", "backbone.layer4.1.bn2", "projector.fc2"], 2, 4, 1,
     ),
+    # an epoch of 7 micro-batches: 3 + 3 + 1 (the last optimizer step is short), one EMA update per step
+    "projector-acc3-short-last": ("projector", ["projector"], 3, 7, 1),
 }
 
 
@@ -104,3 +109,66 @@ def test_ema_update_in_trainer_follows_formula(make_model, case: str) -> None:
         updates, online, target = step, online_now, target_now
     assert updates == total
     assert model.ema.last_tau == pytest.approx(expected_tau(total - 1, total), abs=1e-12)
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items()
+            if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_momentum_batchnorm_buffers_in_trainer_equal_a_hand_driven_loop(make_model) -> None:
+    """After 3 optimizer steps of a Lightning fit, the whole model (online and momentum parameters, the momentum
+    copies' BatchNorm running_mean / running_var / num_batches_tracked, the online BatchNorm buffers) equals the
+    same model driven by hand for 3 steps: online pass of each crop under capture, target pass, BYOL loss plus the
+    classifier's, backward, SGD step, ema.step.
+
+    block3+projector: layer3 and the projector are EMA parts with their own BatchNorm buffers; layer4 is shared,
+    so the target pass runs it with the online weights on copies of its buffers: the online BatchNorm buffers
+    count the online passes only (2 crops x 3 steps), the copies' count the target passes (2 x 3).
+    """
+    flags = ("--base_tau_momentum", "0.9", "--max_steps", "-1", "--max_epochs", "1", "--optimizer", "sgd",
+             "--lr", "0.5", "--warmup_epochs", "0", "--scheduler", "none")
+    steps, batch_size = 3, 4
+    data = _Views(steps * batch_size)
+    lightning = make_model("block3+projector", *flags)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(lightning, torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False))
+    assert trainer.global_step == steps
+
+    hand = make_model("block3+projector", *flags)
+    cfg = hand.cfg.optimizer
+    optimizer = torch.optim.SGD([{**g, "params": list(g["params"])} for g in hand.learnable_params], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, momentum=0.9)
+    for _, views, targets in torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False):
+        optimizer.zero_grad()
+        online = []
+        for x in views:
+            with hand.ema.capture(x):
+                online.append(hand(x))
+        teacher = [hand.ema.target(x) for x in views]
+        hand.ema.clear()
+        loss = 0.0
+        for i, t in enumerate(teacher):
+            for j, o in enumerate(online):
+                if i != j:
+                    loss = loss + byol_loss(o["p"], t["z"])
+        loss = loss + sum(F.cross_entropy(o["logits"], targets, ignore_index=-1) for o in online) / len(views)
+        loss.backward()
+        optimizer.step()
+        hand.ema.step(steps)
+
+    got, expected = lightning.state_dict(), hand.state_dict()
+    assert got.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not different, f"{len(different)} entries differ from the hand-driven loop, e.g. {different[:5]}"
+    buffers = _bn_buffers(lightning)
+    copies = {k: v for k, v in buffers.items() if k.startswith("ema.copies.")}
+    assert any(".layer3." in k for k in copies) and any(".projector." in k for k in copies)
+    for key, value in buffers.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(value) == 2 * steps, key
+    for key in copies:
+        if key.endswith("running_mean"):
+            online = buffers[key.removeprefix("ema.copies.")]
+            assert not torch.equal(buffers[key], online), f"{key}: the target pass must keep its own statistics"

@@ -1,14 +1,15 @@
-"""Reliability: exact resume, atomic checkpoints, non-finite losses, one-line errors for bad input."""
+"""Reliability: atomic checkpoints, the data order of a resume, non-finite losses, one-line errors for bad input.
+
+The bitwise resume of every method and loader is tests/test_resume.py's.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -44,123 +45,6 @@ def run_argv(data: Path, log_dir: Path, name: str, *extra: str) -> list[str]:
         "--log_dir", str(log_dir), "--name", name, "--save_checkpoint", "--optimizer", "lars",
         "--warmup_steps", "1", *TINY, *extra,
     ]
-
-
-class Preempted(Exception):
-    """The job was killed."""
-
-
-class PreemptAt(pl.Callback):
-    """Kills the run as it starts optimizer step `step`, after the checkpoint of the step before was written."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            raise Preempted(f"killed at step {self.step}")
-
-
-class Batches(pl.Callback):
-    """The image indexes of every training batch this process trained on."""
-
-    def __init__(self) -> None:
-        self.indexes: list[list[int]] = []
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx: int) -> None:
-        self.indexes.append(batch[0].tolist())
-
-
-def _fit(argv: list[str], *callbacks: pl.Callback):
-    torch.use_deterministic_algorithms(True)
-    try:
-        return run_pretrain(build_cfg(argv), extra_callbacks=list(callbacks))
-    finally:
-        torch.use_deterministic_algorithms(False)
-
-
-def _full_state(result) -> dict[str, torch.Tensor | float | int]:
-    """Every tensor and number that training carries on: model (online, EMA copies, buffers), optimizer, schedule."""
-    state = {f"model.{k}": v.detach().clone() for k, v in result.model.state_dict().items()}
-    opt = result.trainer.optimizers[0].state_dict()
-    for pid, slots in opt["state"].items():
-        state.update({f"opt.{pid}.{k}": v.clone() if torch.is_tensor(v) else v for k, v in slots.items()})
-    for i, group in enumerate(opt["param_groups"]):
-        state[f"opt.group{i}.lr"] = group["lr"]
-    for i, config in enumerate(result.trainer.lr_scheduler_configs):
-        state[f"sched{i}.last_epoch"] = config.scheduler.last_epoch
-    return state
-
-
-METHODS = {
-    # validates every epoch (on 4 images), as a real run does
-    "byol-projector": ["--ema_parts", "projector", "--optimizer", "sgd",
-                       "--limit_val_batches", "1.0", "--val_subset", "4"],
-    # loads in two worker processes: their augmentations must not depend on the worker or on what ran before
-    "mocov2plus-all": ["--method", "mocov2plus", "--ema_parts", "all", "--queue_size", "32", "--optimizer", "sgd",
-                       "--num_workers", "2"],
-}
-# where the first part is killed: at the start of this optimizer step (2 steps per epoch), with these flags
-STOPS = {"epoch-boundary": (2, []), "mid-epoch": (3, ["--checkpoint_every_n_steps", "3"])}
-RESUME_CASES = [("byol-projector", "epoch-boundary"), ("byol-projector", "mid-epoch"), ("mocov2plus-all", "mid-epoch")]
-
-
-@pytest.fixture(scope="module")
-def straight_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, list[list[int]]]]:
-    """Per method: the data folder, the full state after 4 uninterrupted steps (2 epochs), the batches seen."""
-    root = tmp_path_factory.mktemp("straight")
-    data = image_folder(root / "data")
-    runs = {}
-    for method, extra in METHODS.items():
-        batches = Batches()
-        argv = [a for a in run_argv(data, root / "runs", method, *extra) if a != "--save_checkpoint"]
-        result = _fit(argv, batches)
-        assert result.trainer.global_step == 4 and len(batches.indexes) == 4
-        runs[method] = (data, _full_state(result), batches.indexes)
-    return runs
-
-
-@pytest.mark.parametrize(("method", "stop"), RESUME_CASES, ids=[f"{m}-{s}" for m, s in RESUME_CASES])
-def test_resume_under_another_seed_runs_the_rest_and_ends_bitwise_equal(
-    straight_runs, tmp_path: Path, method: str, stop: str
-) -> None:
-    """Killed at an epoch end (step 2) or mid-epoch (step 3), resumed with --seed 6 by --auto_resume and by
-    --resume_from_checkpoint: each resumed process trains only on the remaining batches (the same images as
-    the straight run) and ends with every tensor of model, EMA copies, buffers, queue and optimizer bitwise equal.
-
-    The seed differs from the first part's 5, so only a real resume (weights, optimizer, EMA, data position and
-    random states from the checkpoint) can end equal; a fresh start would also train on all 4 batches.
-    """
-    data, expected, seen = straight_runs[method]
-    at, ckpt_flags = STOPS[stop]
-    extra = [*ckpt_flags, *METHODS[method]]
-    runs = tmp_path / "runs"
-    with pytest.raises(Preempted):
-        _fit(run_argv(data, runs, "split", *extra), PreemptAt(at))
-    last = runs / "split" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == at
-    saved = tmp_path / "saved.ckpt"
-    saved.write_bytes(last.read_bytes())
-    resumes = {
-        "auto_resume": run_argv(data, runs, "split", *extra, "--seed", "6", "--auto_resume"),
-        "resume_from_checkpoint": run_argv(
-            data, runs, "elsewhere", *extra, "--seed", "6", "--resume_from_checkpoint", str(saved)
-        ),
-    }
-    for how, argv in resumes.items():
-        batches = Batches()
-        result = _fit(argv, batches)
-        assert batches.indexes == seen[at:], f"{how}: the resumed process trained on other batches"
-        assert result.trainer.global_step == 4
-        got = _full_state(result)
-        assert got.keys() == expected.keys()
-        assert int(got["model.ema.num_updates"]) == 4
-        different = [k for k in expected if not (
-            torch.equal(got[k], expected[k]) if torch.is_tensor(expected[k]) else got[k] == expected[k])]
-        assert not different, f"{how}: {len(different)} of {len(expected)} entries differ, e.g. {different[:4]}"
-    metrics = (runs / "split" / "metrics.csv").read_text().splitlines()
-    steps = {int(row["step"]) for row in csv.DictReader(metrics) if row.get("step")}
-    assert steps >= {0, 3}, "the resumed run appends to the first part's metrics.csv"
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,12 +219,12 @@ def test_resume_with_another_planned_length_warns() -> None:
     trainer = SimpleNamespace(estimated_stepping_batches=6, global_step=3)
     resumed = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
     resumed.load_state_dict(state)
-    assert resumed.sampler.seed == 5 and resumed.sampler.epoch == 1 and resumed.sampler.skip_batches == 0
+    assert resumed.position.seed == 5 and resumed.position.epoch == 1 and resumed.position.skip_batches == 0
     with pytest.warns(UserWarning, match="planned for 3 optimizer steps as one of 6"):
         resumed.on_train_start(trainer, None)
     same = TrainingPosition(EpochSampler(data, batch_size=2, seed=9))
     same.load_state_dict({**state, "batches_done": 2})
-    assert same.sampler.epoch == 0 and same.sampler.skip_batches == 2
+    assert same.position.epoch == 0 and same.position.skip_batches == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         same.on_train_start(SimpleNamespace(estimated_stepping_batches=3, global_step=2), None)

@@ -443,7 +443,10 @@ class DevicePretrainLoader:
 
     Batches of `batch_size` (the last partial batch dropped, as the torchvision loader does) come from this
     rank's shard of the epoch's permutation; `place` moves the split to the training device and sets the
-    rank and world size. The crops of one epoch depend only on (seed, rank, epoch).
+    rank and world size. The crops of one epoch depend only on (seed, rank, epoch): one generator per epoch
+    draws every batch's parameters in turn, and the number of draws of a batch depends on its size alone, so
+    `skip_batches` (a resumed epoch) fast-forwards the generator past the skipped batches' draws and the
+    remaining batches are exactly those of an uninterrupted epoch.
     """
 
     batch_sampler = None  # Lightning reads sampler / batch_sampler as a DataLoader's (set_epoch, shuffle check)
@@ -466,10 +469,29 @@ class DevicePretrainLoader:
         self.images, self.labels = images, labels
         self.recipes = list(recipes)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size = batch_size
         self.device = images.device
         self.sampler = ShardSampler(len(images), seed=seed)
         self.prefetch = prefetch
+        self.skip_batches = 0
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: it orders every epoch and seeds its augmentations."""
+        return self.sampler.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.sampler.seed = int(value)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration reads."""
+        self.sampler.set_epoch(epoch)
 
     @property
     def num_crops(self) -> int:
@@ -480,51 +502,73 @@ class DevicePretrainLoader:
         """Move the split to `device` and shard it for `rank` of `world_size` processes."""
         self.device = torch.device(device)
         self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
-        epoch = self.sampler.epoch
-        self.sampler = ShardSampler(len(self.images), world_size, rank, shuffle=True, seed=self.seed)
+        epoch, seed = self.sampler.epoch, self.sampler.seed
+        self.sampler = ShardSampler(len(self.images), world_size, rank, shuffle=True, seed=seed)
         self.sampler.set_epoch(epoch)
         return self
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank."""
+        """Batches per epoch on this rank (a resumed epoch yields fewer)."""
         return len(self.sampler) // self.batch_size
+
+    def batches_per_epoch(self) -> int:
+        """Batches of a whole epoch on this rank."""
+        return len(self)
+
+    def _size_groups(self) -> dict[int, list[int]]:
+        """Pipeline indexes by crop size: pipelines of one size are augmented together."""
+        by_size: dict[int, list[int]] = {}
+        for i, r in enumerate(self.recipes):
+            by_size.setdefault(r.crop_size, []).append(i)
+        return by_size
+
+    def draw_params(self, n: int, height: int, width: int, generator: torch.Generator) -> dict[int, ViewParams]:
+        """The augmentation parameters of a batch of n images, per crop size (the generator's draws of one batch)."""
+        return {
+            size: ViewParams.cat([
+                sample_view_params(self.recipes[i], n * self.recipes[i].num_crops, height, width, generator,
+                                   self.device)
+                for i in members
+            ])
+            for size, members in self._size_groups().items()
+        }
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         """All crops of a uint8 batch, pipeline by pipeline; pipelines of one crop size are augmented together."""
         n, _, height, width = images.shape
-        by_size: dict[int, list[int]] = {}
-        for i, r in enumerate(self.recipes):
-            by_size.setdefault(r.crop_size, []).append(i)
+        params = self.draw_params(n, height, width, generator)
         crops: dict[int, list[torch.Tensor]] = {}
-        for size, members in by_size.items():
-            params = ViewParams.cat([
-                sample_view_params(self.recipes[i], n * self.recipes[i].num_crops, height, width, generator,
-                                   images.device)
-                for i in members
-            ])
+        for size, members in self._size_groups().items():
             reps = torch.cat([images.repeat(self.recipes[i].num_crops, 1, 1, 1) for i in members])
-            out = augment_views(reps, params, size, self.mean, self.std, [self.recipes[i] for i in members])
+            out = augment_views(reps, params[size], size, self.mean, self.std, [self.recipes[i] for i in members])
             chunks = iter(out.split(n))
             for i in members:
                 crops[i] = [next(chunks) for _ in range(self.recipes[i].num_crops)]
         return [c for i in range(len(self.recipes)) for c in crops[i]]
 
+    def batch(self, idx: torch.Tensor, generator: torch.Generator) -> list:
+        """The training batch of the images `idx` (on the loader's device), its crops drawn from `generator`."""
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            crops = self.views(self.images[idx], generator)
+        return [idx, crops, self.labels[idx]]
+
     def __iter__(self) -> Iterator[list]:
-        """Batches of the current epoch (the epoch is read when the first batch is drawn), made one ahead with
-        `prefetch`."""
+        """Batches of the current epoch past `skip_batches` (epoch and skip are read when the first batch is drawn;
+        the skip applies once), made one ahead with `prefetch`."""
         batches = self.batches()
         return prefetched(batches, self.device) if self.prefetch else batches
 
     def batches(self) -> Iterator[list]:
-        """The batches of the current epoch, each made when it is asked for."""
+        """The batches of the current epoch past `skip_batches`, each made (`batch`) when it is asked for."""
+        start, self.skip_batches = self.skip_batches, 0
         indices = self.sampler.indices().to(self.device)
-        rank = self.sampler.rank
-        generator = torch.Generator(device=self.device).manual_seed(seed_for(self.seed, rank, self.sampler.epoch))
-        for b in range(len(self)):
-            idx = indices[b * self.batch_size : (b + 1) * self.batch_size]
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                crops = self.views(self.images[idx], generator)
-            yield [idx, crops, self.labels[idx]]
+        generator = torch.Generator(device=self.device).manual_seed(
+            seed_for(self.seed, self.sampler.rank, self.sampler.epoch))
+        _, _, height, width = self.images.shape
+        for _ in range(start):  # the skipped batches' draws: the generator continues where the epoch was
+            self.draw_params(self.batch_size, height, width, generator)
+        for b in range(start, len(self)):
+            yield self.batch(indices[b * self.batch_size : (b + 1) * self.batch_size], generator)
 
 
 class DeviceEvalLoader:

@@ -95,6 +95,10 @@ class EpochSampler(DistributedSampler):
         """Keys per process in a whole epoch (a resumed epoch yields fewer)."""
         return self.num_samples
 
+    def batches_per_epoch(self) -> int:
+        """Batches of a whole epoch on this process (the last partial batch dropped)."""
+        return self.num_samples // self.batch_size
+
 
 def build_pretrain_loader(
     dataset: str,
@@ -108,7 +112,9 @@ def build_pretrain_loader(
 ) -> DataLoader:
     """Build the shuffled pretraining loader; batches are [indexes, [crops, pipeline 0 first], targets].
 
-    Its `EpochSampler` makes order and augmentations a function of (seed, epoch, position), whatever the workers.
+    Its `EpochSampler` makes order and augmentations a function of (seed, epoch, position), whatever the workers;
+    its own generator draws the workers' base seeds, so iterating it leaves the global random state alone (a
+    run resumed inside an epoch, which starts that epoch's iterator again, keeps the uninterrupted run's state).
     """
     transform = pretrain_transform(dataset, recipes)
     data = random_subset(build_dataset(dataset, train_path, True, transform, download=download), subset, seed)
@@ -126,6 +132,7 @@ def build_pretrain_loader(
         pin_memory=False,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -139,7 +146,10 @@ def build_eval_loader(
     subset: int | None = None,
     seed: int = 0,
 ) -> DataLoader:
-    """Build a deterministic, unshuffled loader of (x, y) batches with the evaluation transform."""
+    """Build a deterministic, unshuffled loader of (x, y) batches with the evaluation transform.
+
+    Its own generator draws the workers' base seeds: iterating it leaves the global random state alone.
+    """
     info = _info(dataset)
     transform = eval_transform(info.image_size, info.mean, info.std)
     data = random_subset(build_dataset(dataset, path, train, transform, download=download), subset, seed)
@@ -151,4 +161,5 @@ def build_eval_loader(
         pin_memory=False,
         drop_last=False,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -431,3 +431,11 @@ class BaseMomentumMethod(BaseMethod):
         """Log the tau of the last EMA update (on the steps whose metrics are written)."""
         if logs_this_step(self.trainer):
             self.log("tau", self.ema.last_tau, on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the tau of the last EMA update (num_updates, the schedule position, is a buffer)."""
+        checkpoint["ema_last_tau"] = float(self.ema.last_tau)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the tau of the last EMA update, so a resumed run logs what the uninterrupted one would."""
+        self.ema.last_tau = float(checkpoint.get("ema_last_tau", self.ema.last_tau))

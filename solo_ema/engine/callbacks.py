@@ -47,6 +47,10 @@ class StepTimer(pl.Callback):
         if logs_this_step(trainer):
             pl_module.log("step_time", self.times[-1], on_step=True, on_epoch=False)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch clock (Lightning skips on_train_epoch_start for the epoch a resumed run continues)."""
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the epoch clock."""
         self._epoch_start = time.perf_counter()

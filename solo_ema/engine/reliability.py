@@ -1,5 +1,6 @@
-"""What a pre-emptible run needs: atomic checkpoints, RNG state in checkpoints, a CSV log that survives a
-resume, and a guard that stops at the first non-finite loss."""
+"""What a pre-emptible run needs: atomic checkpoints, RNG state and data position in checkpoints, the epoch
+means of an epoch resumed mid-way, a reader of a checkpoint's seed that refuses a damaged file, a CSV log that
+survives a resume, and a guard that stops at the first non-finite loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import csv
 import os
 import random
 import tempfile
-from typing import Any
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import numpy as np
@@ -16,8 +19,6 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
-
-from ..data.loaders import EpochSampler
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -66,24 +67,41 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-class TrainingPosition(pl.Callback):
-    """Stores where the run is in its data (sampler seed, epoch, batches done) and its planned optimizer steps.
+class DataPosition(Protocol):
+    """An epoch-seeded training order that can start an epoch past some batches (``EpochSampler`` of the
+    torchvision loaders, ``DevicePretrainLoader`` of --device_data)."""
 
-    On resume the sampler takes the checkpoint's seed (whatever --seed now says) and epoch, and skips the
+    seed: int
+    epoch: int
+    skip_batches: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration reads."""
+
+    def batches_per_epoch(self) -> int:
+        """Batches of a whole epoch on this process."""
+
+
+class TrainingPosition(pl.Callback):
+    """Stores where the run is in its data (seed, epoch, batches done) and its planned optimizer steps.
+
+    On resume the order takes the checkpoint's seed (whatever --seed now says) and epoch, and skips the
     batches of that epoch already trained on, so the resumed run reads exactly the images and augmentations the
     uninterrupted run would have. A resume planned for a different number of optimizer steps (another
     --max_epochs or --max_steps) is allowed but warned about: the lr and tau schedules depend on that number.
     """
 
-    def __init__(self, sampler: EpochSampler) -> None:
-        self.sampler = sampler
+    def __init__(self, position: DataPosition) -> None:
+        self.position = position
         self.batches_done = 0
         self.planned_steps: int | None = None
         self._loaded_plan: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Shard the sampler over the processes of the run."""
-        self.sampler.shard(trainer.global_rank, trainer.world_size)
+        """Shard an EpochSampler over the processes of the run (device data is sharded by its ``place``)."""
+        shard = getattr(self.position, "shard", None)
+        if shard is not None:
+            shard(trainer.global_rank, trainer.world_size)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the planned optimizer steps; warn when a resumed run planned another number."""
@@ -105,23 +123,133 @@ class TrainingPosition(pl.Callback):
         self.batches_done = batch_idx + 1
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler seed and epoch, batches done in that epoch, planned optimizer steps."""
-        return {"seed": int(self.sampler.seed), "epoch": int(self.sampler.epoch), "batches_done": self.batches_done,
+        """Seed and epoch of the order, batches done in that epoch, planned optimizer steps."""
+        return {"seed": int(self.position.seed), "epoch": int(self.position.epoch), "batches_done": self.batches_done,
                 "planned_steps": self.planned_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the checkpoint's order: same seed, its epoch past the batches done, or the next epoch."""
-        per_epoch = len(self.sampler) // self.sampler.batch_size
-        self.sampler.seed = state_dict["seed"]
+        self.position.seed = state_dict["seed"]
         done = state_dict["batches_done"]
-        if done >= per_epoch:
-            self.sampler.set_epoch(state_dict["epoch"] + 1)
-            self.sampler.skip_batches = 0
+        if done >= self.position.batches_per_epoch():
+            self.position.set_epoch(state_dict["epoch"] + 1)
+            self.position.skip_batches = 0
         else:
-            self.sampler.set_epoch(state_dict["epoch"])
-            self.sampler.skip_batches = done
+            self.position.set_epoch(state_dict["epoch"])
+            self.position.skip_batches = done
         self.batches_done = done
         self._loaded_plan = state_dict.get("planned_steps")
+
+
+class EpochMeans(pl.Callback):
+    """Carries the running sums of the metrics logged with ``on_epoch=True`` across a checkpoint inside an epoch.
+
+    Lightning accumulates them in its training loop and does not checkpoint them, so the epoch means of an
+    epoch resumed mid-way would average only the batches after the resume. This stores each metric's sum
+    (and batch count, or running max / min) with the checkpoint and adds it back once the resumed epoch has
+    logged the metric again; a resume into a later epoch drops it. Addition in the other order is exact, so
+    the resumed epoch's means equal the uninterrupted run's. With several processes nothing is stored (each
+    process holds only its own sums): the epoch means of an epoch resumed mid-way then cover the batches
+    after the resume.
+    """
+
+    _ADD, _BEST = ("mean", "sum"), {"max": torch.maximum, "min": torch.minimum}
+
+    def __init__(self) -> None:
+        self._trainer: pl.Trainer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Keep the trainer: the sums live in its training loop."""
+        self._trainer = trainer
+
+    def _metrics(self) -> dict[str, Any]:
+        """The training loop's accumulating metrics, by key (empty where Lightning keeps them elsewhere)."""
+        results = getattr(getattr(self._trainer.fit_loop, "epoch_loop", None), "_results", None)
+        out = {}
+        for key, metric in (results or {}).items():
+            meta = getattr(metric, "meta", None)
+            if getattr(metric, "is_tensor", False) and meta is not None and meta.on_epoch:
+                kinds = [k for k in ("mean", "sum", "max", "min") if getattr(meta, f"is_{k}_reduction", False)]
+                kind = kinds[0] if kinds else None
+                if kind is not None:
+                    out[key] = (metric, kind)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """This epoch's sums so far (nothing with several processes)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size > 1:
+            return {}
+        sums = {}
+        for key, (metric, kind) in self._metrics().items():
+            count = metric.cumulated_batch_size.detach().clone() if kind == "mean" else None
+            sums[key] = {"kind": kind, "value": metric.value.detach().clone(), "count": count}
+        return {"epoch": int(trainer.current_epoch), "sums": sums}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Hold the checkpoint's sums until the resumed epoch logs its metrics."""
+        self._pending = dict(state_dict) if state_dict.get("sums") else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Add the held sums to the metrics of the resumed epoch (dropped if the resume went to a later epoch)."""
+        if self._pending is None:
+            return
+        if trainer.current_epoch != self._pending["epoch"]:
+            self._pending = None
+            return
+        sums = self._pending["sums"]
+        for key, (metric, kind) in self._metrics().items():
+            saved = sums.pop(key, None)
+            if saved is None or saved["kind"] != kind:
+                continue
+            value = saved["value"].to(metric.value.device, metric.value.dtype)
+            if kind in self._ADD:
+                metric.value = metric.value + value
+            else:
+                metric.value = self._BEST[kind](metric.value, value)
+            if kind == "mean":
+                metric.cumulated_batch_size = metric.cumulated_batch_size + saved["count"].to(
+                    metric.cumulated_batch_size.device)
+            metric._computed = None
+        if not sums:
+            self._pending = None
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint to resume from that cannot be read: truncated, corrupt, or not a training checkpoint."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a run must know of its checkpoint before it builds anything: the run's seed and the optimizer step."""
+
+    seed: int
+    global_step: int
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """The seed of the run a training checkpoint continues (its data position's, else its config's) and its step.
+
+    The file is memory-mapped (tensors are not read). Raises UnreadableCheckpointError, with the reason in one
+    line, for a file torch cannot load or one without a training state.
+    """
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end of the file
+        raise UnreadableCheckpointError(f"'{path}' is not a readable checkpoint (truncated or corrupt: not a complete "
+                                        "torch.save archive)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on damaged files
+        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UnreadableCheckpointError(f"'{path}' is not a readable checkpoint (truncated or corrupt?): "
+                                        f"{reason}") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "loops", "global_step"} <= ckpt.keys():
+        raise UnreadableCheckpointError(f"'{path}' is not a training checkpoint (no training state in it)")
+    position = (ckpt.get("callbacks") or {}).get(TrainingPosition.__qualname__) or {}
+    seed = position.get("seed", ((ckpt.get("hyper_parameters") or {}).get("cfg") or {}).get("seed"))
+    if seed is None:
+        raise UnreadableCheckpointError(f"'{path}' holds no run seed (not a solo-ema pretraining checkpoint)")
+    return CheckpointInfo(seed=int(seed), global_step=int(ckpt["global_step"]))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,27 +316,69 @@ class NonFiniteLossGuard(pl.Callback):
         self.check(trainer)
 
 
-class _AppendingWriter(ExperimentWriter):
-    """CSV writer that keeps an existing metrics.csv (a resumed run appends to it)."""
+def _write_rows_atomically(path: str, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+    """Rewrite a CSV file through a temporary file and an atomic rename (a kill leaves the old or the new file)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class _ResumableWriter(ExperimentWriter):
+    """Lightning's CSV writer, resumable: it rewrites the file (a new column) atomically and, resuming, keeps the
+    existing metrics.csv up to the resumed checkpoint's step."""
+
+    def __init__(self, log_dir: str, append: bool = False, resume_step: int | None = None) -> None:
+        self._append, self._resume_step = append, resume_step
+        super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(next(csv.reader(f), []))
+        if not self._append:
+            super()._check_log_dir_exists()
+            return
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fieldnames = list(reader.fieldnames or [])
+        self.metrics_keys = sorted(fieldnames)
+        # rows logged after the checkpoint by the interrupted process: the resume logs them again
+        keep = [r for r in rows if self._resume_step is None or not r.get("step")
+                or int(float(r["step"])) < self._resume_step]
+        if len(keep) < len(rows):
+            _write_rows_atomically(self.metrics_file_path, fieldnames, keep)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            rows = list(csv.DictReader(f))
+        _write_rows_atomically(self.metrics_file_path, fieldnames, rows)
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSV logger; with ``append`` (a resumed run) it appends to metrics.csv instead of deleting it."""
+    """Lightning's CSV logger (Lightning writes the file at every logging step), resumable.
 
-    def __init__(self, *args: Any, append: bool = False, **kwargs: Any) -> None:
+    With ``append`` (a resumed run) it appends to metrics.csv instead of deleting it, after dropping the rows of
+    steps from ``resume_step`` on (the checkpoint's optimizer step: rows the interrupted process logged after
+    its checkpoint, which the resumed run logs again).
+    """
+
+    def __init__(self, *args: Any, append: bool = False, resume_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.append = append
+        self.append, self.resume_step = append, resume_step
 
     @property
     def experiment(self) -> ExperimentWriter:
         """The writer (created on first use)."""
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            writer = _AppendingWriter if self.append else ExperimentWriter
-            self._experiment = writer(log_dir=self.log_dir)
+            self._experiment = _ResumableWriter(log_dir=self.log_dir, append=self.append,
+                                                resume_step=self.resume_step)
         return self._experiment
