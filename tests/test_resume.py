@@ -340,6 +340,17 @@ def _sigkill(child: subprocess.Popen) -> None:
     assert child.wait(timeout=60) == -signal.SIGKILL
 
 
+def _resumes_the_uninterrupted_run(run, argv: list[str]) -> None:
+    """--auto_resume under another seed trains on the batches after step 1 and ends as the uninterrupted run:
+    every tensor bitwise, metrics.csv row for row."""
+    seen = Batches()
+    result = fit([*argv, "--auto_resume", "--seed", OTHER_SEED], seen)
+    assert seen.seen == run.batches[1:]
+    diff = differences(run.state, full_state(result))
+    assert not diff, f"{len(diff)} entries differ, e.g. {diff[:6]}"
+    assert metric_rows(result.run_dir) == run.rows, "metrics.csv lost or repeated rows"
+
+
 def test_sigkill_inside_a_step_resumes_bitwise(prepared, tmp_path: Path) -> None:
     """A child process killed (SIGKILL) inside its second optimizer step, after the optimizer's update and before
     the EMA update, leaves last.ckpt of step 1; --auto_resume under another seed trains from there and ends bitwise
@@ -350,12 +361,7 @@ def test_sigkill_inside_a_step_resumes_bitwise(prepared, tmp_path: Path) -> None
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 1
 
-    seen = Batches()
-    result = fit([*argv, "--auto_resume", "--seed", OTHER_SEED], seen)
-    assert seen.seen == run.batches[1:]
-    diff = differences(run.state, full_state(result))
-    assert not diff, f"{len(diff)} entries differ, e.g. {diff[:6]}"
-    assert metric_rows(result.run_dir) == run.rows, "metrics.csv lost or repeated rows"
+    _resumes_the_uninterrupted_run(run, argv)
 
 
 def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_last_ckpt(prepared, tmp_path: Path) -> None:
@@ -372,12 +378,7 @@ def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_last_ckpt(prepared
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 1
     assert resume_checkpoint(build_cfg([*argv, "--auto_resume"])) == str(folder / "last.ckpt")
 
-    seen = Batches()
-    result = fit([*argv, "--auto_resume", "--seed", OTHER_SEED], seen)
-    assert seen.seen == run.batches[1:]
-    diff = differences(run.state, full_state(result))
-    assert not diff, f"{len(diff)} entries differ, e.g. {diff[:6]}"
-    assert metric_rows(result.run_dir) == run.rows, "metrics.csv lost or repeated rows"
+    _resumes_the_uninterrupted_run(run, argv)
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 4
 
 

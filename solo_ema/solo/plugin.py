@@ -83,6 +83,14 @@ BN_DEFAULTS: dict[str, Any] = {"bn_backbone_out": False, "bn_projector_out": Fal
 _FEATS_BEFORE_BN1 = "_feats_before_bn1"
 
 
+def _feats_before_bn1(out: dict[str, Any]) -> dict[str, Any]:
+    """A forward's outputs with ``feats`` put back to the features before BN1 where the head code saw BN1's."""
+    before = out.pop(_FEATS_BEFORE_BN1, None)
+    if before is not None:
+        out["feats"] = before
+    return out
+
+
 def ema_name(method: str) -> str:
     """The registry name of a method's partial-EMA variant: '<method>_ema'."""
     return f"{method}_ema"
@@ -274,19 +282,11 @@ class PartialEMAMixin:
     # projector reading, the features the classifier and the kNN see are put back to those before BN1 here
     def forward(self, X: torch.Tensor) -> dict[str, Any]:
         """solo-learn's forward of the method; ``feats`` are the features before BN1 unless it sits on the backbone."""
-        out = super().forward(X)
-        before = out.pop(_FEATS_BEFORE_BN1, None)
-        if before is not None:
-            out["feats"] = before
-        return out
+        return _feats_before_bn1(super().forward(X))
 
     def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """solo-learn's forward of a small crop, with ``feats`` as in :meth:`forward`."""
-        out = super().multicrop_forward(X)
-        before = out.pop(_FEATS_BEFORE_BN1, None)
-        if before is not None:
-            out["feats"] = before
-        return out
+        return _feats_before_bn1(super().multicrop_forward(X))
 
     @property
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
