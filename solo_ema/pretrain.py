@@ -307,7 +307,7 @@ def _data(args: argparse.Namespace, augmentations: list[dict[str, Any]]) -> dict
         from .data import num_classes_of
 
         try:
-            num_classes = num_classes_of("custom", _train_path(data_dir, train_dir))
+            num_classes = num_classes_of("custom", _split_path(data_dir, train_dir))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--data_dir: {exc}") from None
     crops = [aug["num_crops"] for aug in augmentations]
@@ -316,8 +316,8 @@ def _data(args: argparse.Namespace, augmentations: list[dict[str, Any]]) -> dict
     return {
         "dataset": args.dataset,
         "data_dir": data_dir,
-        "train_path": _train_path(data_dir, train_dir),
-        "val_path": _val_path(data_dir, val_dir),
+        "train_path": _split_path(data_dir, train_dir),
+        "val_path": _split_path(data_dir, val_dir),
         "num_classes": num_classes or 0,
         "num_large_crops": large,
         "num_small_crops": sum(crops) - large,
@@ -339,16 +339,11 @@ def _data_format(args: argparse.Namespace) -> str:
     return "image_folder" if args.dataset in FOLDER_DATASETS else "torchvision"
 
 
-def _train_path(data_dir: str | None, train_dir: str | None) -> str | None:
+def _split_path(data_dir: str | None, split_dir: str | None) -> str | None:
+    """The folder of a split: data_dir/split_dir, or data_dir itself when no split folder is given."""
     if data_dir is None:
         return None
-    return os.path.join(data_dir, train_dir) if train_dir else data_dir
-
-
-def _val_path(data_dir: str | None, val_dir: str | None) -> str | None:
-    if data_dir is None:
-        return None
-    return os.path.join(data_dir, val_dir) if val_dir else data_dir
+    return os.path.join(data_dir, split_dir) if split_dir else data_dir
 
 
 def _check_crops(args: argparse.Namespace, data: dict[str, Any]) -> None:

@@ -195,7 +195,7 @@ def build_trainer(
         )
     drop_lightning_tips()  # Lightning's litlogger advertisement; its other messages and warnings stay
     # torch's SyncBatchNorm runs only on accelerators: on CPU solo-ema's LayerSync synchronises the BatchNorms
-    cpu_sync = bool(cfg.sync_batchnorm) and not uses_gpu(cfg)
+    cpu_sync = bool(cfg.sync_batchnorm) and not gpu
     return pl.Trainer(
         plugins=[AtomicCheckpointIO(), *([CPUSyncBatchNorm()] if cpu_sync else [])],
         max_epochs=cfg.max_epochs,

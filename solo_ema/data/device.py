@@ -468,6 +468,9 @@ class DevicePretrainLoader:
                              "with drop_last there would be no batch")
         self.images, self.labels = images, labels
         self.recipes = list(recipes)
+        self.size_groups: dict[int, list[int]] = {}  # pipeline indexes by crop size: augmented together
+        for i, r in enumerate(self.recipes):
+            self.size_groups.setdefault(r.crop_size, []).append(i)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
         self.device = images.device
@@ -515,13 +518,6 @@ class DevicePretrainLoader:
         """Batches of a whole epoch on this rank."""
         return len(self)
 
-    def _size_groups(self) -> dict[int, list[int]]:
-        """Pipeline indexes by crop size: pipelines of one size are augmented together."""
-        by_size: dict[int, list[int]] = {}
-        for i, r in enumerate(self.recipes):
-            by_size.setdefault(r.crop_size, []).append(i)
-        return by_size
-
     def draw_params(self, n: int, height: int, width: int, generator: torch.Generator) -> dict[int, ViewParams]:
         """The augmentation parameters of a batch of n images, per crop size (the generator's draws of one batch)."""
         return {
@@ -530,7 +526,7 @@ class DevicePretrainLoader:
                                    self.device)
                 for i in members
             ])
-            for size, members in self._size_groups().items()
+            for size, members in self.size_groups.items()
         }
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
@@ -538,7 +534,7 @@ class DevicePretrainLoader:
         n, _, height, width = images.shape
         params = self.draw_params(n, height, width, generator)
         crops: dict[int, list[torch.Tensor]] = {}
-        for size, members in self._size_groups().items():
+        for size, members in self.size_groups.items():
             reps = torch.cat([images.repeat(self.recipes[i].num_crops, 1, 1, 1) for i in members])
             out = augment_views(reps, params[size], size, self.mean, self.std, [self.recipes[i] for i in members])
             chunks = iter(out.split(n))

@@ -9,8 +9,10 @@ import os
 import random
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,6 +23,27 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", suffix: str = "") -> Iterator[IO]:
+    """A file open on a temporary ``.tmp-*`` file beside `path`, flushed, synced and renamed over `path` when the
+    block ends. On an error the temporary file is removed and `path` is left as it was; a killed process leaves
+    `path` as it was and a stray temporary file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside the target, then renames it over the target.
 
@@ -29,20 +52,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """Save through a temporary file and an atomic os.replace."""
-        path = os.fspath(path)
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path, "wb", suffix=".ckpt") as f:
+            torch.save(checkpoint, f)
 
 
 class RNGState(pl.Callback):
@@ -317,18 +328,11 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 def _write_rows_atomically(path: str, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-    """Rewrite a CSV file through a temporary file and an atomic rename (a kill leaves the old or the new file)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Rewrite a CSV file atomically (a kill leaves the old or the new file)."""
+    with atomic_write(path, "w", suffix=".csv") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 class _ResumableWriter(ExperimentWriter):
