@@ -433,3 +433,17 @@ def test_unknown_dotted_submodule_lists_children(make_model, toy) -> None:
         assert child in message
     with pytest.raises(EMASpecError, match="fc1"):
         PartialEMA(toy, toy_stages(), ["projector.fc9"])
+
+
+def test_resnet_stages_take_the_features_where_feats_at_says() -> None:
+    """feats is the backbone output by default; with feats_at it is that module's output instead (BN1 on the
+    backbone output), exactly one stage carries it, and a feats_at outside `between` is refused."""
+    from solo_ema.ema import resnet_stages
+
+    plain = resnet_stages("backbone", "projector", between=["feats_bn"])
+    moved = resnet_stages("backbone", "projector", between=["feats_bn"], feats_at="feats_bn")
+    assert [s.path for s in plain if s.output == "feats"] == ["backbone.fc"]
+    assert [s.path for s in moved if s.output == "feats"] == ["feats_bn"]
+    assert [(s.path, s.fn is None) for s in plain] == [(s.path, s.fn is None) for s in moved]
+    with pytest.raises(ValueError, match="feats_at='bn9'"):
+        resnet_stages("backbone", "projector", between=["feats_bn"], feats_at="bn9")

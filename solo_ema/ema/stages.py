@@ -37,13 +37,21 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def resnet_stages(backbone: str = "backbone", head: str = "projector", between: Sequence[str] = ()) -> list[Stage]:
-    """Stages of a torchvision ResNet backbone (fc = Identity), optional modules on its output, then the head."""
+def resnet_stages(
+    backbone: str = "backbone", head: str = "projector", between: Sequence[str] = (), feats_at: str | None = None
+) -> list[Stage]:
+    """Stages of a torchvision ResNet backbone (fc = Identity), optional modules on its output, then the head.
+
+    The features (``feats``) are the backbone's output, or the output of ``feats_at``, one of `between` (a
+    BatchNorm on the backbone output that everything downstream sees, such as BN1 in its ``backbone`` reading).
+    """
+    if feats_at is not None and feats_at not in between:
+        raise ValueError(f"feats_at={feats_at!r} is not one of the stages between backbone and head {list(between)}")
     stages = [Stage(f"{backbone}.{name}") for name in ("conv1", "bn1", "relu", "maxpool")]
     stages += [Stage(f"{backbone}.layer{i}") for i in range(1, 5)]
     stages += [Stage(f"{backbone}.avgpool"), Stage(fn=partial(torch.flatten, start_dim=1))]
-    stages.append(Stage(f"{backbone}.fc", output="feats"))
-    stages += [Stage(p) for p in between]
+    stages.append(Stage(f"{backbone}.fc", output="feats" if feats_at is None else None))
+    stages += [Stage(p, output="feats" if p == feats_at else None) for p in between]
     stages.append(Stage(head, output="z"))
     return stages
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -132,11 +131,8 @@ class BaseMethod(pl.LightningModule):
 
         With BN1 on the backbone output, the target's ``feats`` are taken after BN1, as the online ones.
         """
-        stages = resnet_stages("backbone", "projector", between=self.feature_stages())
-        if self.bn1_on_backbone:
-            stages = [replace(s, output=None) if s.output == "feats" else s for s in stages]
-            stages = [replace(s, output="feats") if s.path == "feats_bn" else s for s in stages]
-        return stages
+        return resnet_stages("backbone", "projector", between=self.feature_stages(),
+                             feats_at="feats_bn" if self.bn1_on_backbone else None)
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -57,7 +56,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ..ema import EMASpec, PartialEMA, Stage, config_parts, resnet_stages, spec_paths
+from ..ema import EMASpec, PartialEMA, config_parts, resnet_stages, spec_paths
 from ..losses import nt_xent, simsiam_loss
 
 #: solo-learn method name -> name of the method's head module (the part that 'projector' means)
@@ -128,18 +127,6 @@ def append_bn2(head: nn.Module, method: str, dim: int) -> None:
     if not isinstance(target, nn.Sequential):
         raise ValueError(f"method_kwargs.bn_projector_out: the {method} head has no sequential projector to extend")
     target.add_module("bn_out", nn.BatchNorm1d(dim))
-
-
-def encoder_stages(head: str, with_bn1: bool, bn1_on_backbone: bool) -> list[Stage]:
-    """The encoder as stages for PartialEMA: the ResNet, BN1 (``feats_bn``, shared) when on, then the head.
-
-    With BN1 on the backbone output, the features (``feats``) are taken after BN1, as the online ones.
-    """
-    stages = resnet_stages("backbone", head, between=["feats_bn"] if with_bn1 else [])
-    if bn1_on_backbone:
-        stages = [replace(s, output=None) if s.output == "feats" else s for s in stages]
-        stages = [replace(s, output="feats") if s.path == "feats_bn" else s for s in stages]
-    return stages
 
 
 @functools.cache
@@ -264,7 +251,8 @@ class PartialEMAMixin:
         self.ema_spec = EMASpec.from_canonical(self.cfg.momentum.parts)  # resolved by add_and_assert_specific_cfg
         self.ema = PartialEMA(
             self,
-            encoder_stages(self._head, self.feats_bn is not None, self.bn1_on_backbone),
+            resnet_stages("backbone", self._head, between=["feats_bn"] if self.feats_bn is not None else [],
+                          feats_at="feats_bn" if self.bn1_on_backbone else None),
             spec_paths(self.ema_spec, "backbone", self._head),
             self.cfg.momentum.base_tau,
             self.cfg.momentum.final_tau,
